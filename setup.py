@@ -1,0 +1,34 @@
+"""xformer-jax: X-Former / BLIP-2 in JAX + Flax, ported from and exported to PyTorch."""
+from setuptools import find_packages, setup
+
+setup(
+    name="xformer_jax",
+    version="0.1.0",
+    description="X-Former (ECCV 2024) and BLIP-2 in JAX/Flax: sharded two-stage training, HF weight import, PyTorch export.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["xformer_jax", "xformer_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "ml_collections>=1.1.0",
+        "tensorflow-datasets>=4.9.10",
+        "safetensors>=0.8.0",
+        "numpy>=2.0",
+        "pillow>=10.0",
+        "tokenizers>=0.23",
+        "tensorboardX>=2.6",
+        "absl-py>=2.0",
+    ],
+    extras_require={
+        # torch first (the Makefile installs the CPU wheel before this extra).
+        "test": ["pytest>=9.0", "torch==2.13.0", "transformers==5.24.0"],
+        "torch": ["torch>=2.13.0", "transformers>=5.24.0"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "gpu": ["jax[cuda12]>=0.10.2"],
+    },
+)

@@ -1,0 +1,47 @@
+"""Tiny random transformers models saved with save_pretrained: the parity references.
+
+Weights are perturbed away from transformers' init (zeros, ones) so that every parameter matters.
+"""
+import torch
+import transformers as T
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * std)
+    return model.eval()
+
+
+def tiny_vision_kwargs(**overrides) -> dict:
+    kwargs = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                  image_size=32, patch_size=8)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def clip_vision(**overrides) -> T.CLIPVisionModel:
+    config = T.CLIPVisionConfig(**tiny_vision_kwargs(**overrides), attn_implementation="eager")
+    return randomize(T.CLIPVisionModel(config))
+
+
+def eva_vision(**overrides) -> T.Blip2VisionModel:
+    config = T.Blip2VisionConfig(**tiny_vision_kwargs(**overrides), attn_implementation="eager")
+    return randomize(T.Blip2VisionModel(config), seed=1)
+
+
+def mae_config(**overrides) -> T.ViTMAEConfig:
+    kwargs = dict(tiny_vision_kwargs(), decoder_hidden_size=16, decoder_num_hidden_layers=2,
+                  decoder_num_attention_heads=2, decoder_intermediate_size=32, mask_ratio=0.75)
+    kwargs.update(overrides)
+    return T.ViTMAEConfig(**kwargs, attn_implementation="eager")
+
+
+def mae_pretraining(**overrides) -> T.ViTMAEForPreTraining:
+    return randomize(T.ViTMAEForPreTraining(mae_config(**overrides)), seed=2)
+
+
+def save(model, directory, **kwargs) -> str:
+    model.save_pretrained(str(directory), **kwargs)
+    return str(directory)

@@ -1,0 +1,10 @@
+"""Hugging Face checkpoints -> (Flax module, params), with NumPy only.
+
+`from_hf(hf_dir)` reads a directory written by transformers' `save_pretrained` (config.json plus
+model.safetensors or a sharded index) and returns a module whose `apply` takes HF input names and
+layouts and returns HF output field names.
+"""
+from xformer_jax.convert.hf import SUPPORTED_ARCHITECTURES, from_hf
+from xformer_jax.convert.mapping import CheckpointMismatch
+
+__all__ = ["from_hf", "SUPPORTED_ARCHITECTURES", "CheckpointMismatch"]

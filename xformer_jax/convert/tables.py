@@ -1,0 +1,57 @@
+"""Rename tables, HF checkpoint module names -> Flax module paths, one per model family."""
+
+
+def _vit_block(hf: str, flax: str, names: dict) -> list[tuple[str, str]]:
+    """Rules for one family's pre-LN block; `names` maps our block parts to the family's HF names."""
+    return [(f"{hf}.{names[part]}", f"{flax}/{part}") for part in names]
+
+
+CLIP_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn/query": "self_attn.q_proj",
+              "attn/key": "self_attn.k_proj", "attn/value": "self_attn.v_proj", "attn/out": "self_attn.out_proj",
+              "mlp/fc1": "mlp.fc1", "mlp/fc2": "mlp.fc2"}
+EVA_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn/qkv": "self_attn.qkv",
+             "attn/out": "self_attn.projection", "mlp/fc1": "mlp.fc1", "mlp/fc2": "mlp.fc2"}
+MAE_BLOCK = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn/query": "attention.attention.query",
+             "attn/key": "attention.attention.key", "attn/value": "attention.attention.value",
+             "attn/out": "attention.output.dense", "mlp/fc1": "intermediate.dense", "mlp/fc2": "output.dense"}
+
+CLIP_VISION = [
+    ("embeddings.class_embedding", "cls_token"),
+    ("embeddings.patch_embedding", "patch_embed/proj"),
+    ("embeddings.position_embedding.weight", "pos_embed"),
+    ("pre_layrnorm", "pre_norm"),
+    ("post_layernorm", "post_norm"),
+    *_vit_block("encoder.layers.{i}", "blocks/block_{i}", CLIP_BLOCK),
+]
+# HF's Blip2VisionModel stores the position table as a bare parameter (1, N+1, D).
+EVA_VISION = [
+    ("embeddings.class_embedding", "cls_token"),
+    ("embeddings.patch_embedding", "patch_embed/proj"),
+    ("embeddings.position_embedding", "pos_embed"),
+    ("post_layernorm", "post_norm"),
+    *_vit_block("encoder.layers.{i}", "blocks/block_{i}", EVA_BLOCK),
+]
+
+
+def mae_encoder(hf_prefix: str = "", flax_prefix: str = "") -> list[tuple[str, str]]:
+    h, f = hf_prefix, flax_prefix
+    return [
+        (f"{h}embeddings.cls_token", f"{f}cls_token"),
+        (f"{h}embeddings.position_embeddings", f"{f}pos_embed"),
+        (f"{h}embeddings.patch_embeddings.projection", f"{f}patch_embed/proj"),
+        (f"{h}layernorm", f"{f}norm"),
+        *_vit_block(f"{h}encoder.layer.{{i}}", f"{f}blocks/block_{{i}}", MAE_BLOCK),
+    ]
+
+
+# transformers 5 writes the decoder blocks as `decoder_encoder.layer.N`, the released MAE
+# checkpoints as `decoder_layers.N`: both are read.
+MAE_DECODER = [
+    ("decoder.decoder_embed", "decoder/embed"),
+    ("decoder.mask_token", "decoder/mask_token"),
+    ("decoder.decoder_pos_embed", "decoder/pos_embed"),
+    ("decoder.decoder_norm", "decoder/norm"),
+    ("decoder.decoder_pred", "decoder/pred"),
+    *_vit_block("decoder.decoder_layers.{i}", "decoder/blocks/block_{i}", MAE_BLOCK),
+    *_vit_block("decoder.decoder_encoder.layer.{i}", "decoder/blocks/block_{i}", MAE_BLOCK),
+]

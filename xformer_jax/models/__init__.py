@@ -1,0 +1,1 @@
+"""Flax modules: vision towers, MAE, Q-Former, fusion, LLMs."""

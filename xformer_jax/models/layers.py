@@ -1,0 +1,172 @@
+"""Shared building blocks: dense / norm layers that carry logical axis names, attention, ViT blocks.
+
+Model code names logical axes only ("embed", "mlp", "joined_kv", "vocab", ...); the mapping of those
+names onto the mesh axes (data, fsdp, tensor) lives in config (see `xformer_jax.train.partitioning`).
+Params are stored in float32; `dtype` is the compute dtype. Softmax and norms run in float32.
+"""
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+INIT_STD = 0.02
+
+
+def normal_init(axes: Sequence[Optional[str]], std: float = INIT_STD):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), tuple(axes))
+
+
+def zeros_init(axes: Sequence[Optional[str]]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(axes))
+
+
+def dense(features: int, axes: Sequence[Optional[str]], name: str, dtype: Dtype = jnp.float32,
+          use_bias: bool = True) -> nn.Dense:
+    """A Dense layer whose kernel is (in, out) with the given logical axes."""
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=normal_init(axes), bias_init=zeros_init(axes[-1:]))
+
+
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+    """LayerNorm computed in float32 whatever the compute dtype (bf16 statistics drift)."""
+    return nn.LayerNorm(
+        epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        bias_init=zeros_init(("norm",)))
+
+
+def quick_gelu(x):
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def gelu_exact(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def gelu_tanh(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "gelu": gelu_exact,
+    "quick_gelu": quick_gelu,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def split_heads(x, num_heads: int):
+    batch, length, width = x.shape
+    return x.reshape(batch, length, num_heads, width // num_heads)
+
+
+def attend(query, key, value, bias=None):
+    """Scaled dot-product attention over (batch, length, heads, head_dim) tensors.
+
+    `bias` is additive (broadcastable to batch, heads, q_len, k_len). The softmax runs in float32.
+    """
+    scale = query.shape[-1] ** -0.5
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) * scale
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+    probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+    return out.reshape(out.shape[0], out.shape[1], -1)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate or fused (EVA style) q/k/v projections."""
+    num_heads: int
+    fused_qkv: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, bias=None):
+        width = x.shape[-1]
+        if self.fused_qkv:
+            qkv = dense(3 * width, ("embed", "joined_kv"), "qkv", self.dtype)(x)
+            q, k, v = jnp.split(qkv, 3, axis=-1)
+        else:
+            q, k, v = (dense(width, ("embed", "joined_kv"), n, self.dtype)(x) for n in ("query", "key", "value"))
+        heads = [split_heads(t, self.num_heads) for t in (q, k, v)]
+        out = attend(*heads, bias=bias)
+        return dense(width, ("joined_kv", "embed"), "out", self.dtype)(out)
+
+
+class Mlp(nn.Module):
+    hidden: int
+    act: str = "gelu"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        h = activation(self.act)(dense(self.hidden, ("embed", "mlp"), "fc1", self.dtype)(x))
+        return dense(width, ("mlp", "embed"), "fc2", self.dtype)(h)
+
+
+class PreLNBlock(nn.Module):
+    """The pre-LayerNorm transformer block shared by CLIP, EVA and MAE (encoder and decoder)."""
+    num_heads: int
+    mlp_dim: int
+    act: str = "gelu"
+    eps: float = 1e-6
+    fused_qkv: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        h = layer_norm(self.eps, "norm1")(x).astype(self.dtype)
+        x = x + SelfAttention(self.num_heads, self.fused_qkv, self.dtype, name="attn")(h)
+        h = layer_norm(self.eps, "norm2")(x).astype(self.dtype)
+        return x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(h)
+
+
+class BlockStack(nn.Module):
+    """`depth` PreLNBlocks named block_0..; returns every intermediate output (input first)."""
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    act: str = "gelu"
+    eps: float = 1e-6
+    fused_qkv: bool = False
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x, stop_after: Optional[int] = None):
+        block_cls = nn.remat(PreLNBlock) if self.remat else PreLNBlock
+        states = [x]
+        for i in range(self.depth if stop_after is None else stop_after):
+            x = block_cls(self.num_heads, self.mlp_dim, self.act, self.eps, self.fused_qkv, self.dtype,
+                          name=f"block_{i}")(x)
+            states.append(x)
+        return states
+
+
+class PatchEmbed(nn.Module):
+    """Conv patch embedding on NCHW pixels (the HF layout); returns (batch, patches, width)."""
+    patch_size: int
+    width: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values_nchw):
+        p = self.patch_size
+        x = jnp.transpose(pixel_values_nchw, (0, 2, 3, 1)).astype(self.dtype)
+        y = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=self.use_bias,
+                    dtype=self.dtype, param_dtype=jnp.float32, name="proj",
+                    kernel_init=normal_init((None, None, None, "embed")), bias_init=zeros_init(("embed",)))(x)
+        return y.reshape(y.shape[0], -1, y.shape[-1])
