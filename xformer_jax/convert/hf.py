@@ -64,13 +64,18 @@ RECIPES: dict[str, Recipe] = {
     "Blip2ForConditionalGeneration": Recipe(**_BLIP2_VISION),
     "Blip2ForImageTextRetrieval": Recipe(**_BLIP2_VISION),
     "Blip2Model": Recipe(**_BLIP2_VISION),
+    "CLIPModel:vision": Recipe(**_CLIP, prefix_required=True, sub_config="vision_config"),
+    "Blip2ForConditionalGeneration:vision": Recipe(**_BLIP2_VISION),
+    "Blip2ForImageTextRetrieval:vision": Recipe(**_BLIP2_VISION),
+    "Blip2Model:vision": Recipe(**_BLIP2_VISION),
     "ViTMAEModel": Recipe(build=lambda c, o: mae.MAEEncoder(_mae_config(c, o)), table=tables.mae_encoder(),
                           dummy_inputs=_masked_pixels, prefix="vit."),
     "ViTMAEForPreTraining": Recipe(
         build=lambda c, o: mae.MAEForPreTraining(_mae_config(c, o)),
         table=[*tables.mae_encoder("vit.", "encoder/"), *tables.MAE_DECODER], dummy_inputs=_masked_pixels),
 }
-SUPPORTED_ARCHITECTURES = tuple(RECIPES)
+# "Architecture:component" entries pick one part of a composite checkpoint (from_hf(..., component=)).
+SUPPORTED_ARCHITECTURES = tuple(name for name in RECIPES if ":" not in name)
 
 
 def read_config(hf_dir: str) -> dict:
@@ -95,6 +100,16 @@ def architecture(config: dict, path: str) -> str:
                      f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
 
 
+def recipe_for(name: str, component: Optional[str], path: str) -> Recipe:
+    if component is None:
+        return RECIPES[name]
+    key = f"{name}:{component}"
+    if key not in RECIPES:
+        known = sorted(k.split(":", 1)[1] for k in RECIPES if k.startswith(name + ":"))
+        raise ValueError(f"{path}: {name} has no component {component!r}; available: {known}")
+    return RECIPES[key]
+
+
 def _select(tensors: dict, origin: dict, recipe: Recipe) -> tuple[dict, dict]:
     selected, where = {}, {}
     for name, array in tensors.items():
@@ -114,15 +129,16 @@ def abstract_params(module: nn.Module, inputs: dict):
     return nn.unbox(variables)["params"]
 
 
-def from_hf(hf_dir: str, **config_overrides) -> tuple[nn.Module, dict]:
+def from_hf(hf_dir: str, component: Optional[str] = None, **config_overrides) -> tuple[nn.Module, dict]:
     """(module, params) from a transformers save_pretrained directory, reading weights with NumPy.
 
+    `component` picks one part of a composite checkpoint (e.g. "vision" of a BLIP-2 or CLIP model).
     `config_overrides` set fields of the model config that config.json does not carry (e.g. dtype,
-    feature_layer, remat, mask_ratio). Composite BLIP-2 / CLIP directories yield their vision tower.
+    feature_layer, remat, mask_ratio).
     """
     config = read_config(hf_dir)
-    name = architecture(config, os.path.join(hf_dir, "config.json"))
-    recipe = RECIPES[name]
+    config_path = os.path.join(hf_dir, "config.json")
+    recipe = recipe_for(architecture(config, config_path), component, config_path)
     module_config = config[recipe.sub_config] if recipe.sub_config else config
     module = recipe.build(module_config, config_overrides)
     tensors, origin = safetensors_io.load_tensors(hf_dir)
