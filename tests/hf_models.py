@@ -45,3 +45,28 @@ def mae_pretraining(**overrides) -> T.ViTMAEForPreTraining:
 def save(model, directory, **kwargs) -> str:
     model.save_pretrained(str(directory), **kwargs)
     return str(directory)
+
+
+def tiny_qformer_kwargs(**overrides) -> dict:
+    """A 4-layer Q-Former whose vision width (24) differs from its own (32), cross-attention every 2."""
+    kwargs = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+                  cross_attention_frequency=2, encoder_hidden_size=24, vocab_size=99, max_position_embeddings=40)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def blip2_qformer(**overrides) -> T.Blip2QFormerModel:
+    config = T.Blip2QFormerConfig(**tiny_qformer_kwargs(**overrides), attn_implementation="eager")
+    return randomize(T.Blip2QFormerModel(config), seed=3)
+
+
+def bert_config(**overrides) -> T.BertConfig:
+    kwargs = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=40, type_vocab_size=2)
+    kwargs.update(overrides)
+    return T.BertConfig(**kwargs, attn_implementation="eager")
+
+
+def bert(kind: str = "BertModel", **overrides):
+    """A tiny random BertModel / BertLMHeadModel / BertForMaskedLM."""
+    return randomize(getattr(T, kind)(bert_config(**overrides)), seed=4)

@@ -1,16 +1,19 @@
 """`from_hf`: dispatch on config.json's architecture, build the Flax module, map the weights."""
 import dataclasses
 import json
+import logging
 import os
+import re
 from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from xformer_jax.convert import mapping, safetensors_io, tables
-from xformer_jax.models import mae, vit
+from xformer_jax.models import mae, qformer, vit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +26,31 @@ class Recipe:
     prefix_required: bool = False  # keys without the prefix belong to other components and are skipped
     sub_config: Optional[str] = None  # e.g. "vision_config" of a composite model
     fixups: Callable[[dict], dict] = lambda tensors: tensors
+    # Partial checkpoints (BERT -> Q-Former). Empty for every other architecture, which keeps the
+    # engine's missing-key check strict there.
+    fresh: tuple[str, ...] = ()  # regexes of Flax param paths drawn from `seed` instead of read
+    grown_rows: tuple[tuple[str, str], ...] = ()  # (Flax path, HF config key of the checkpoint's row count):
+    #                                             leading rows read, the rest drawn fresh
+    ignore: tuple[str, ...] = ()  # regexes of checkpoint keys that are known not to be used (reported)
+    notes: tuple[str, ...] = ()  # what the fixups derive, for the load report
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What `load_hf` did besides a one-to-one copy: fresh params, grown tables, ignored keys."""
+    architecture: str
+    fresh: tuple[str, ...] = ()  # Flax paths initialised from the seed
+    grown: tuple[tuple[str, int, int], ...] = ()  # (Flax path, rows read, rows in total)
+    ignored: tuple[str, ...] = ()  # checkpoint keys left unused
+    notes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        lines = [f"{self.architecture}: {len(self.fresh)} param(s) initialised fresh"]
+        lines += [f"  fresh: {p}" for p in self.fresh]
+        lines += [f"  grown: {p} ({read} rows read, {total - read} fresh)" for p, read, total in self.grown]
+        lines += [f"  ignored checkpoint key: {k}" for k in self.ignored]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
 
 
 def _pixels(module) -> dict:
@@ -52,6 +80,58 @@ def _mae_config(cfg, overrides):
     return mae.config_from_hf(cfg, **overrides)
 
 
+def _qformer_encoder_inputs(module) -> dict:
+    """Two positions, one query: touches the query FFN, cross-attention and (if any) the text FFN."""
+    c = module.config
+    length = 2 if c.text_ffn else 1
+    return {"query_embeds": jnp.zeros((1, length, c.hidden_size), jnp.float32), "query_length": 1,
+            "encoder_hidden_states": jnp.zeros((1, 1, c.encoder_width), jnp.float32)}
+
+
+def _qformer_inputs(module) -> dict:
+    c = module.config
+    return {"input_ids": jnp.zeros((1, 2), jnp.int32), "attention_mask": jnp.ones((1, 2), jnp.int32),
+            "image_feats": jnp.zeros((1, 1, c.encoder_width), jnp.float32)}
+
+
+_BERT_FFN = re.compile(r"(encoder\.layer\.\d+)\.(intermediate|output)\.(dense|LayerNorm)\.(weight|bias)")
+
+
+def _bert_to_qformer(tensors: dict) -> dict:
+    """BERT -> Q-Former: fold token type 0 into the positions (BertModel adds it to every token, the
+    Q-Former has no token types), copy the text FFN into the query FFN (LAVIS's init), and drop an LM
+    decoder weight / bias that is only a saved copy of the tied word embeddings / `cls.predictions.bias`."""
+    out = dict(tensors)
+    token_types = out.pop("embeddings.token_type_embeddings.weight", None)
+    if token_types is not None and "embeddings.position_embeddings.weight" in out:
+        out["embeddings.position_embeddings.weight"] = out["embeddings.position_embeddings.weight"] + token_types[0]
+    for name in list(out):
+        m = _BERT_FFN.fullmatch(name)
+        if m:
+            out.setdefault(f"{m[1]}.{m[2]}_query.{m[3]}.{m[4]}", out[name])
+    for copy, original in (("cls.predictions.decoder.weight", "embeddings.word_embeddings.weight"),
+                           ("cls.predictions.decoder.bias", "cls.predictions.bias")):
+        if copy in out and original in out and np.array_equal(out[copy], out[original]):
+            del out[copy]
+    return out
+
+
+def _bert_qformer(cfg, overrides):
+    return qformer.QFormer(qformer.config_from_hf(cfg, **overrides))
+
+
+# Everything BERT lacks: the queries, the image side, the ITC / ITM heads and the temperature.
+_QFORMER_FRESH = (r"query_tokens", r"qformer/layer_\d+/crossattention/.*", r"ln_vision/.*", r"vision_proj/.*",
+                  r"text_proj/.*", r"itm_head/.*", r"temp")
+_BERT = dict(
+    build=_bert_qformer, table=tables.BERT_QFORMER, dummy_inputs=_qformer_inputs, prefix="bert.",
+    fixups=_bert_to_qformer, ignore=(r"pooler\.", r"embeddings\.position_ids\Z"),
+    grown_rows=(("embeddings/word_embeddings/embedding", "vocab_size"), ("lm_head/bias", "vocab_size")),
+    notes=("query FFN (intermediate_query / output_query) copied from the text FFN",
+           "token_type_embeddings[0] folded into position_embeddings",
+           "added vocabulary rows ([DEC]): word embedding ~ N(0, 0.02), LM bias 0"))
+
+
 _CLIP = dict(build=_clip, table=tables.CLIP_VISION, dummy_inputs=_pixels, prefix="vision_model.")
 _EVA = dict(build=_clip, table=tables.EVA_VISION, dummy_inputs=_pixels, prefix="vision_model.",
             fixups=_merge_eva_qv_bias)
@@ -73,6 +153,13 @@ RECIPES: dict[str, Recipe] = {
     "ViTMAEForPreTraining": Recipe(
         build=lambda c, o: mae.MAEForPreTraining(_mae_config(c, o)),
         table=[*tables.mae_encoder("vit.", "encoder/"), *tables.MAE_DECODER], dummy_inputs=_masked_pixels),
+    "Blip2QFormerModel": Recipe(
+        build=lambda c, o: qformer.QFormerEncoder(qformer.config_from_hf(c, **o)), table=tables.QFORMER,
+        dummy_inputs=_qformer_encoder_inputs),
+    # BERT directories give a full Q-Former: BERT's text side, everything else fresh (see load_hf).
+    "BertModel": Recipe(**_BERT, fresh=(*_QFORMER_FRESH, r"lm_head/.*")),
+    "BertLMHeadModel": Recipe(**_BERT, fresh=_QFORMER_FRESH),
+    "BertForMaskedLM": Recipe(**_BERT, fresh=_QFORMER_FRESH),
 }
 # "Architecture:component" entries pick one part of a composite checkpoint (from_hf(..., component=)).
 SUPPORTED_ARCHITECTURES = tuple(name for name in RECIPES if ":" not in name)
@@ -129,20 +216,71 @@ def abstract_params(module: nn.Module, inputs: dict):
     return nn.unbox(variables)["params"]
 
 
-def from_hf(hf_dir: str, component: Optional[str] = None, **config_overrides) -> tuple[nn.Module, dict]:
-    """(module, params) from a transformers save_pretrained directory, reading weights with NumPy.
+def _grown_target(target: dict, recipe: Recipe, config: dict, fresh: set, path: str) -> dict:
+    grown = {}
+    for flax_path, key in recipe.grown_rows:
+        if flax_path in target and flax_path not in fresh:
+            rows = config.get(key)
+            if not isinstance(rows, int) or not 0 < rows <= target[flax_path][0]:
+                raise ValueError(f"{path}: {key}={rows!r} does not fit {flax_path!r} {target[flax_path]}")
+            grown[flax_path] = rows
+    return grown
 
-    `component` picks one part of a composite checkpoint (e.g. "vision" of a BLIP-2 or CLIP model).
-    `config_overrides` set fields of the model config that config.json does not carry (e.g. dtype,
-    feature_layer, remat, mask_ratio).
+
+def load_hf(hf_dir: str, component: Optional[str] = None, *, seed: int = 0,
+            **config_overrides) -> tuple[nn.Module, dict, LoadReport]:
+    """`from_hf` plus a LoadReport of what did not come one-to-one from the checkpoint.
+
+    For most architectures every param comes from the checkpoint and every checkpoint key is used
+    (anything else raises CheckpointMismatch). BERT directories (BertModel / BertLMHeadModel /
+    BertForMaskedLM) yield a full `QFormer` whose text side is BERT's: the recipe's `fresh` params
+    (query tokens, cross-attention, ln_vision, projections, ITM head, temp; and the LM head for a plain
+    BertModel) are drawn from `jax.random.key(seed)` with the model's own initialisers, the word
+    embeddings and LM bias keep BERT's rows and gain fresh ones for [DEC], and the query FFN is a copy
+    of the text FFN. The report lists each of these.
     """
     config = read_config(hf_dir)
     config_path = os.path.join(hf_dir, "config.json")
-    recipe = recipe_for(architecture(config, config_path), component, config_path)
+    name = architecture(config, config_path)
+    recipe = recipe_for(name, component, config_path)
     module_config = config[recipe.sub_config] if recipe.sub_config else config
     module = recipe.build(module_config, config_overrides)
     tensors, origin = safetensors_io.load_tensors(hf_dir)
     tensors, origin = _select(tensors, origin, recipe)
-    target = mapping.flat_shapes(abstract_params(module, recipe.dummy_inputs(module)))
-    params = mapping.hf_to_flax(tensors, origin, recipe.table, target)
+    inputs = recipe.dummy_inputs(module)
+    target = mapping.flat_shapes(abstract_params(module, inputs))
+    fresh = sorted(p for p in target if any(re.fullmatch(r, p) for r in recipe.fresh))
+    grown = _grown_target(target, recipe, module_config, set(fresh), config_path)
+    load_target = {p: s for p, s in target.items() if p not in fresh}
+    load_target.update({p: (rows, *target[p][1:]) for p, rows in grown.items()})
+    params = mapping.hf_to_flax(tensors, origin, recipe.table, load_target, ignore=recipe.ignore)
+    if fresh or grown:
+        initial = jax.jit(lambda key: module.init(key, **inputs))(jax.random.key(seed))
+        initial = traverse_util.flatten_dict(nn.unbox(initial)["params"], sep="/")
+        flat = traverse_util.flatten_dict(params, sep="/")
+        flat.update({p: np.asarray(initial[p]) for p in fresh})
+        for p, rows in grown.items():
+            flat[p] = np.concatenate([flat[p], np.asarray(initial[p])[rows:]], axis=0)
+        params = traverse_util.unflatten_dict(flat, sep="/")
+    report = LoadReport(
+        architecture=name if component is None else f"{name}:{component}", fresh=tuple(fresh),
+        grown=tuple((p, rows, target[p][0]) for p, rows in grown.items()),
+        ignored=tuple(sorted(k for k in tensors if any(re.match(r, k) for r in recipe.ignore))),
+        notes=recipe.notes)
+    if fresh or grown or report.ignored:
+        logging.info("%s", report)
+    return module, params, report
+
+
+def from_hf(hf_dir: str, component: Optional[str] = None, *, seed: int = 0,
+            **config_overrides) -> tuple[nn.Module, dict]:
+    """(module, params) from a transformers save_pretrained directory, reading weights with NumPy.
+
+    `component` picks one part of a composite checkpoint (e.g. "vision" of a BLIP-2 or CLIP model).
+    `config_overrides` set fields of the model config that config.json does not carry (e.g. dtype,
+    feature_layer, remat, mask_ratio; for BERT -> Q-Former: num_query_tokens, cross_attention_freq,
+    encoder_width, embed_dim). `seed` draws the params a partial checkpoint lacks (BERT -> Q-Former,
+    see `load_hf`, which also returns the list of them).
+    """
+    module, params, _ = load_hf(hf_dir, component, seed=seed, **config_overrides)
     return module, params

@@ -55,3 +55,38 @@ MAE_DECODER = [
     *_vit_block("decoder.decoder_layers.{i}", "decoder/blocks/block_{i}", MAE_BLOCK),
     *_vit_block("decoder.decoder_encoder.layer.{i}", "decoder/blocks/block_{i}", MAE_BLOCK),
 ]
+
+
+def qformer_layer(hf: str, flax: str, self_attention: str) -> list[tuple[str, str]]:
+    """One Q-Former / BERT layer. `self_attention` is HF's name of the q/k/v holder: "attention" in
+    Blip2QFormerModel (`attention.attention.query`), "self" in BERT (`attention.self.query`)."""
+    rules = []
+    for block in ("attention", "crossattention"):
+        rules += [(f"{hf}.{block}.{self_attention}.{p}", f"{flax}/{block}/{p}") for p in ("query", "key", "value")]
+        rules += [(f"{hf}.{block}.output.dense", f"{flax}/{block}/output/dense"),
+                  (f"{hf}.{block}.output.LayerNorm", f"{flax}/{block}/output/layernorm")]
+    for suffix in ("", "_query"):
+        rules += [(f"{hf}.intermediate{suffix}.dense", f"{flax}/intermediate{suffix}/dense"),
+                  (f"{hf}.output{suffix}.dense", f"{flax}/output{suffix}/dense"),
+                  (f"{hf}.output{suffix}.LayerNorm", f"{flax}/output{suffix}/layernorm")]
+    return rules
+
+
+# HF Blip2QFormerModel -> models.qformer.QFormerEncoder.
+QFORMER = [
+    ("layernorm", "layernorm"),
+    *qformer_layer("encoder.layer.{i}", "layer_{i}", "attention"),
+]
+
+# BERT (BertModel, or BertLMHeadModel / BertForMaskedLM with `bert.` stripped) -> models.qformer.QFormer.
+# The query FFN (`*_query`) rules read copies of the text FFN that the BERT fixups add; the
+# token-type row is folded into the position table by the fixups too.
+BERT_QFORMER = [
+    ("embeddings.word_embeddings", "embeddings/word_embeddings"),
+    ("embeddings.position_embeddings", "embeddings/position_embeddings"),
+    ("embeddings.LayerNorm", "qformer/layernorm"),
+    *qformer_layer("encoder.layer.{i}", "qformer/layer_{i}", "self"),
+    ("cls.predictions.transform.dense", "lm_head/dense"),
+    ("cls.predictions.transform.LayerNorm", "lm_head/layernorm"),
+    ("cls.predictions.bias", "lm_head/bias"),
+]

@@ -1,0 +1,492 @@
+"""BLIP-2 Q-Former (BERT layout) in Flax: learnable queries, image cross-attention, text encoder/decoder.
+
+Layout (REFERENCE.md §2, LAVIS `Qformer.py`, HF `Blip2QFormerModel`):
+  * post-LN BERT layers; each layer holds self-attention over [queries; text], a cross-attention to the
+    (ln_vision-normalised) image features in layers with `i % cross_attention_freq == 0`, applied to the
+    query positions only (keys / values projected from `encoder_width`), and two FFNs: `*_query` for the
+    query positions and the BERT one for the text positions.
+  * Embeddings: word + position for text (positions start at 0 for the first text token); queries get
+    no position embedding; the embedding LayerNorm (`qformer/layernorm`, HF `Blip2QFormerModel.layernorm`,
+    BERT `embeddings.LayerNorm`) is applied to [queries; text].
+  * Additive attention biases (1 - m) * -10000 (LAVIS). HF uses finfo.min; both give the same
+    probabilities whenever a row has at least one visible key (exp(-10000) underflows to 0 in float32);
+    they differ only on fully masked rows, which none of the BLIP-2 passes produce.
+
+Three self-attention masks (all built by the helpers below, as 0/1 "may attend" arrays):
+  * bidirectional (ITM):      [queries; text], everyone sees every non-pad position;
+  * unimodal:                 queries alone (no mask), or text alone with its padding mask (ITC text side);
+  * UniLM (ITG):              queries see queries only; text token j sees all queries and text k <= j
+                              (non-pad).
+The ITG pass is offered two ways that are mathematically the same (`tests/test_qformer.py` checks it):
+one joint pass over [queries; text] with the UniLM mask (query rows then reproduce the image pass
+exactly, because they see neither text nor anything but queries and the image), or LAVIS's way, a
+text-only pass whose self-attention is prefixed with the per-layer query keys / values cached by the
+image pass (`encode_image_queries(..., return_cache=True)`), which avoids recomputing the query stream.
+
+Modules:
+  QFormerLayer    one layer; reusable by the X-Former fusion (hidden, bias, query_length, memory, ...).
+  QFormerEncoder  HF `Blip2QFormerModel`: `layernorm` + `layer_{i}`; its `__call__` takes HF's inputs.
+  QFormer         the full stage-1 model: query_tokens, embeddings, qformer (an encoder), ln_vision,
+                  vision_proj, text_proj, itm_head, temp, lm_head (BERT `cls.predictions`, decoder tied
+                  to the word embeddings as in LAVIS / HF BertLMHeadModel).
+Params are float32; `dtype` is the compute dtype; softmax and LayerNorms run in float32.
+"""
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xformer_jax.models import layers
+
+MASK_VALUE = -10000.0  # LAVIS `get_extended_attention_mask`: (1 - m) * -10000
+TEMP_INIT = 0.07
+TEMP_RANGE = (0.001, 0.5)  # LAVIS clamps temp in place to this range before every forward
+
+KVCache = Sequence[tuple[jax.Array, jax.Array]]  # per layer (keys, values), each (batch, len, heads, head_dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class QFormerConfig:
+    vocab_size: int = 30523  # bert-base-uncased's 30522 + the [DEC] bos token
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    max_position_embeddings: int = 512
+    pad_token_id: int = 0
+    dec_token_id: int = 30522  # the [DEC] id that replaces [CLS] in the ITG decoder input
+    cross_attention_freq: int = 2
+    encoder_width: int = 1408  # width of the vision features the queries cross-attend to
+    text_ffn: bool = True  # HF `use_qformer_text_input`: the text FFN (intermediate / output) exists
+    num_query_tokens: int = 32
+    embed_dim: int = 256  # vision_proj / text_proj width
+    vision_layer_norm_eps: float = 1e-5  # ln_vision (LAVIS uses torch's default LayerNorm eps)
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.cross_attention_freq < 1:
+            raise ValueError(f"cross_attention_freq must be >= 1, got {self.cross_attention_freq}")
+        for name in ("num_hidden_layers", "num_query_tokens", "encoder_width", "embed_dim", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        layers.activation(self.hidden_act)  # raises on an unknown activation
+
+    def has_cross_attention(self, layer: int) -> bool:
+        return layer % self.cross_attention_freq == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention masks: 0/1 float32 "may attend" arrays, broadcastable to (batch, heads, q_len, k_len).
+# ----------------------------------------------------------------------------------------------
+
+def attention_bias(allowed) -> jax.Array:
+    """(1 - m) * -10000: the additive bias for a 0/1 mask."""
+    return (1.0 - jnp.asarray(allowed, jnp.float32)) * MASK_VALUE
+
+
+def padding_mask(mask) -> jax.Array:
+    """(batch, len) 1 = real token -> (batch, 1, 1, len)."""
+    return jnp.asarray(mask, jnp.float32)[:, None, None, :]
+
+
+def bidirectional_mask(text_mask, num_queries: int = 0) -> jax.Array:
+    """[queries; text] all see all non-pad positions (ITM); with num_queries=0 the unimodal text mask."""
+    text_mask = jnp.asarray(text_mask, jnp.float32)
+    keys = jnp.concatenate([jnp.ones((text_mask.shape[0], num_queries), jnp.float32), text_mask], axis=1)
+    return padding_mask(keys)
+
+
+def unilm_mask(text_mask, num_queries: int) -> jax.Array:
+    """ITG: queries see queries only; text j sees all queries and non-pad text k <= j. (B, 1, Q+T, Q+T)."""
+    text_mask = jnp.asarray(text_mask, jnp.float32)
+    q, t = num_queries, text_mask.shape[1]
+    query_rows = jnp.concatenate([jnp.ones((q, q)), jnp.zeros((q, t))], axis=1)
+    text_rows = jnp.concatenate([jnp.ones((t, q)), jnp.tril(jnp.ones((t, t)))], axis=1)
+    pattern = jnp.concatenate([query_rows, text_rows], axis=0)[None, None]
+    return pattern * bidirectional_mask(text_mask, num_queries)
+
+
+def prefix_causal_mask(text_mask, num_prefix: int) -> jax.Array:
+    """The text rows of `unilm_mask`: text j sees all `num_prefix` cached positions and non-pad text k <= j."""
+    return unilm_mask(text_mask, num_prefix)[:, :, num_prefix:, :]
+
+
+def l2_normalize(x, eps: float = 1e-12):
+    """torch.nn.functional.normalize: x / max(||x||, eps), in float32."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------
+
+class Output(nn.Module):
+    """BERT SelfOutput / Output: dense, then post-LN over (dense + residual). Params dense, layernorm."""
+    width: int
+    eps: float
+    in_axis: str = "joined_kv"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, residual):
+        h = layers.dense(self.width, (self.in_axis, "embed"), "dense", self.dtype)(x)
+        return layers.layer_norm(self.eps, "layernorm")(
+            h.astype(jnp.float32) + residual.astype(jnp.float32)).astype(self.dtype)
+
+
+class Intermediate(nn.Module):
+    size: int
+    act: str
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return layers.activation(self.act)(layers.dense(self.size, ("embed", "mlp"), "dense", self.dtype)(x))
+
+
+class QFormerAttention(nn.Module):
+    """Self- or cross-attention with its output block. Params query, key, value, output/{dense,layernorm}.
+
+    Returns (output, (keys, values)) so that a caller can cache the self-attention keys / values.
+    `memory` (cross-attention) supplies keys / values from another width; `past_kv` is prepended to
+    this call's keys / values (cached query positions for the ITG text pass).
+    """
+    num_heads: int
+    eps: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, bias=None, memory=None, past_kv=None):
+        width = x.shape[-1]
+        source = x if memory is None else memory.astype(self.dtype)
+        proj = lambda name, y: layers.split_heads(  # noqa: E731
+            layers.dense(width, ("embed", "joined_kv"), name, self.dtype)(y), self.num_heads)
+        q, k, v = proj("query", x), proj("key", source), proj("value", source)
+        new_kv = (k, v)
+        if past_kv is not None:
+            k = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
+            v = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
+        out = layers.attend(q, k, v, bias=bias)
+        return Output(width, self.eps, "joined_kv", self.dtype, name="output")(out, x), new_kv
+
+
+class QFormerLayer(nn.Module):
+    """One Q-Former layer over hidden states [queries (query_length); text].
+
+    hidden (B, L, H); bias: additive self-attention bias broadcastable to (B, heads, L, L + cached);
+    query_length: how many leading positions are queries (0 = text only: cross-attention skipped,
+    text FFN for all); memory (B, N, encoder_width): cross-attention keys / values for the queries,
+    required when `has_cross_attention` and query_length > 0; memory_bias: additive, (B, 1, 1, N);
+    past_kv: cached (keys, values) prepended to the self-attention.
+    Returns (hidden, (keys, values) of this call's self-attention).
+    """
+    config: QFormerConfig
+    has_cross_attention: bool
+
+    @nn.compact
+    def __call__(self, hidden, bias=None, query_length: int = 0, memory=None, memory_bias=None, past_kv=None):
+        c = self.config
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
+        attn, kv = QFormerAttention(c.num_attention_heads, c.layer_norm_eps, c.dtype, name="attention")(
+            hidden, bias, past_kv=past_kv)
+        length = hidden.shape[1]
+        parts = []
+        if query_length > 0:
+            queries = attn[:, :query_length]
+            if self.has_cross_attention:
+                if memory is None:
+                    raise ValueError("this Q-Former layer cross-attends: image features (memory) are required "
+                                     "when queries are present")
+                queries, _ = QFormerAttention(c.num_attention_heads, c.layer_norm_eps, c.dtype,
+                                              name="crossattention")(queries, memory_bias, memory=memory)
+            parts.append(self._ffn(queries, "_query"))
+        if length > query_length:
+            if not c.text_ffn:
+                raise ValueError("this Q-Former has no text FFN (text_ffn=False, HF use_qformer_text_input=False): "
+                                 "every position must be a query")
+            parts.append(self._ffn(attn[:, query_length:], ""))
+        out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed")), kv
+
+    def _ffn(self, x, suffix: str):
+        c = self.config
+        h = Intermediate(c.intermediate_size, c.hidden_act, c.dtype, name=f"intermediate{suffix}")(x)
+        return Output(c.hidden_size, c.layer_norm_eps, "mlp", c.dtype, name=f"output{suffix}")(h, x)
+
+
+class QFormerEncoder(nn.Module):
+    """HF `Blip2QFormerModel`: the embedding LayerNorm (`layernorm`) and the layers (`layer_{i}`).
+
+    `__call__` takes HF's input names (already-embedded `query_embeds`, which may be [queries; text]
+    with `query_length` queries) and returns last_hidden_state, pooler_output (position 0, as HF) and,
+    on request, hidden_states (the normalised embeddings first). `run` is the general entry point
+    (any additive bias, cross-attention memory, KV prefix) that QFormer uses.
+    """
+    config: QFormerConfig
+
+    @nn.compact
+    def run(self, embeds, bias=None, query_length: int = 0, memory=None, memory_bias=None,
+            past_kv: Optional[KVCache] = None):
+        """-> (last hidden, all hidden states (normalised embeddings first), per-layer self-attn (k, v))."""
+        c = self.config
+        if past_kv is not None and len(past_kv) != c.num_hidden_layers:
+            raise ValueError(f"past_kv has {len(past_kv)} layers, the Q-Former {c.num_hidden_layers}")
+        x = layers.layer_norm(c.layer_norm_eps, "layernorm")(embeds).astype(c.dtype)
+        layer_cls = nn.remat(QFormerLayer, static_argnums=(3,)) if c.remat else QFormerLayer
+        states, cache = [x], []
+        for i in range(c.num_hidden_layers):
+            x, kv = layer_cls(c, c.has_cross_attention(i), name=f"layer_{i}")(
+                x, bias, query_length, memory, memory_bias, None if past_kv is None else past_kv[i])
+            states.append(x)
+            cache.append(kv)
+        return x, tuple(states), tuple(cache)
+
+    def __call__(self, query_embeds, query_length: Optional[int] = None, attention_mask=None,
+                 encoder_hidden_states=None, encoder_attention_mask=None, output_hidden_states: bool = False):
+        query_length = query_embeds.shape[1] if query_length is None else query_length
+        bias = None if attention_mask is None else attention_bias(padding_mask(attention_mask))
+        memory_bias = None if encoder_attention_mask is None else attention_bias(padding_mask(encoder_attention_mask))
+        last, states, _ = self.run(query_embeds, bias, query_length, encoder_hidden_states, memory_bias)
+        out = {"last_hidden_state": last, "pooler_output": last[:, 0]}
+        if output_hidden_states:
+            out["hidden_states"] = states
+        return out
+
+
+class TextEmbeddings(nn.Module):
+    """word_embeddings + position_embeddings (positions 0..T-1); no LayerNorm here (see QFormerEncoder)."""
+    config: QFormerConfig
+
+    def setup(self):
+        c = self.config
+        self.word_embeddings = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=jnp.float32,
+                                        embedding_init=layers.normal_init(("vocab", "embed")))
+        self.position_embeddings = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=c.dtype,
+                                            param_dtype=jnp.float32, embedding_init=layers.normal_init((None, "embed")))
+
+    def __call__(self, input_ids):
+        length = input_ids.shape[1]
+        if length > self.config.max_position_embeddings:
+            raise ValueError(f"text length {length} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        return self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(length))[None]
+
+    def attend(self, x):
+        """x @ word_embeddings.T: the tied LM decoder."""
+        return self.word_embeddings.attend(x)
+
+
+class LMHead(nn.Module):
+    """BERT `cls.predictions`: dense, activation, layernorm, then the tied decoder plus `bias`."""
+    config: QFormerConfig
+
+    @nn.compact
+    def __call__(self, hidden, decoder):
+        c = self.config
+        h = layers.dense(c.hidden_size, ("embed", None), "dense", c.dtype)(hidden)
+        h = layers.layer_norm(c.layer_norm_eps, "layernorm")(layers.activation(c.hidden_act)(h)).astype(c.dtype)
+        bias = self.param("bias", layers.zeros_init(("vocab",)), (c.vocab_size,), jnp.float32)
+        return decoder(h) + bias.astype(c.dtype)
+
+
+class QFormer(nn.Module):
+    """The stage-1 Q-Former. Image features are the frozen ViT output *before* ln_vision (applied here).
+
+    Param tree: query_tokens (Q, H), embeddings/{word,position}_embeddings, qformer/{layernorm, layer_i},
+    ln_vision, vision_proj, text_proj, itm_head, temp (scalar), lm_head/{dense, layernorm, bias}.
+    `image_mask` arguments are optional (B, N) 1/0 masks over the image tokens.
+    """
+    config: QFormerConfig
+
+    def setup(self):
+        c = self.config
+        self.query_tokens = self.param("query_tokens", layers.normal_init((None, "embed")),
+                                       (c.num_query_tokens, c.hidden_size))
+        self.embeddings = TextEmbeddings(c)
+        self.qformer = QFormerEncoder(c)
+        self.ln_vision = layers.layer_norm(c.vision_layer_norm_eps, "ln_vision")
+        self.vision_proj = layers.dense(c.embed_dim, ("embed", None), "vision_proj", c.dtype)
+        self.text_proj = layers.dense(c.embed_dim, ("embed", None), "text_proj", c.dtype)
+        self.itm_head = layers.dense(2, ("embed", None), "itm_head", c.dtype)
+        self.temp = self.param("temp", nn.with_logical_partitioning(nn.initializers.constant(TEMP_INIT), ()), ())
+        self.lm_head = LMHead(c)
+
+    # -- pieces -----------------------------------------------------------------------------------
+    def queries(self, batch: int, query_embeds=None):
+        """The learnable query tokens broadcast to (batch, Q, H), or the given query_embeds."""
+        if query_embeds is None:
+            query_embeds = jnp.broadcast_to(self.query_tokens, (batch, *self.query_tokens.shape))
+        return query_embeds.astype(self.config.dtype)
+
+    def normalize_image(self, image_feats):
+        """ln_vision over the frozen ViT features (float32 statistics)."""
+        if image_feats.shape[-1] != self.config.encoder_width:
+            raise ValueError(f"image features have width {image_feats.shape[-1]}, the Q-Former's "
+                             f"encoder_width is {self.config.encoder_width}")
+        return self.ln_vision(image_feats).astype(self.config.dtype)
+
+    def _memory(self, image_feats, image_mask):
+        bias = None if image_mask is None else attention_bias(padding_mask(image_mask))
+        return self.normalize_image(image_feats), bias
+
+    @staticmethod
+    def _text_mask(input_ids, attention_mask):
+        return jnp.ones(input_ids.shape, jnp.float32) if attention_mask is None else attention_mask
+
+    # -- the BLIP-2 passes ------------------------------------------------------------------------
+    def encode_image_queries(self, image_feats, image_mask=None, query_embeds=None, return_cache: bool = False):
+        """Queries alone, cross-attending to ln_vision(image_feats): (B, Q, H) [, per-layer query (k, v)]."""
+        queries = self.queries(image_feats.shape[0], query_embeds)
+        memory, memory_bias = self._memory(image_feats, image_mask)
+        last, _, cache = self.qformer.run(queries, None, queries.shape[1], memory, memory_bias)
+        return (last, cache) if return_cache else last
+
+    def encode_text(self, input_ids, attention_mask=None):
+        """Text alone, bidirectional over non-pad tokens (ITC text side; BertModel's function): (B, T, H)."""
+        embeds = self.embeddings(input_ids)
+        bias = attention_bias(bidirectional_mask(self._text_mask(input_ids, attention_mask)))
+        return self.qformer.run(embeds, bias, 0)[0]
+
+    def encode_joint(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
+        """ITM pass: [queries; text] with the bidirectional mask, queries cross-attend: (B, Q+T, H)."""
+        queries = self.queries(input_ids.shape[0], query_embeds)
+        embeds = jnp.concatenate([queries, self.embeddings(input_ids)], axis=1)
+        bias = attention_bias(bidirectional_mask(self._text_mask(input_ids, attention_mask), queries.shape[1]))
+        memory, memory_bias = self._memory(image_feats, image_mask)
+        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias)[0]
+
+    def encode_unilm(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
+        """ITG pass in one go: [queries; text] with the UniLM mask: (B, Q+T, H).
+
+        The query rows equal `encode_image_queries` (they see no text); text rows are causal.
+        """
+        queries = self.queries(input_ids.shape[0], query_embeds)
+        embeds = jnp.concatenate([queries, self.embeddings(input_ids)], axis=1)
+        bias = attention_bias(unilm_mask(self._text_mask(input_ids, attention_mask), queries.shape[1]))
+        memory, memory_bias = self._memory(image_feats, image_mask)
+        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias)[0]
+
+    def decode_text(self, input_ids, attention_mask=None, image_feats=None, image_mask=None,
+                    query_cache: Optional[KVCache] = None, query_embeds=None):
+        """ITG LM logits (B, T, vocab) for decoder input ids ([DEC] first), one per text position.
+
+        Either `query_cache` (from `encode_image_queries(..., return_cache=True)`, LAVIS's
+        past_key_values: a text-only pass prefixed with the cached query keys / values) or `image_feats`
+        (one joint UniLM pass). Both give the same logits. Logits are not shifted.
+        """
+        mask = self._text_mask(input_ids, attention_mask)
+        if query_cache is not None:
+            num_queries = query_cache[0][0].shape[1]
+            bias = attention_bias(prefix_causal_mask(mask, num_queries))
+            hidden = self.qformer.run(self.embeddings(input_ids), bias, 0, past_kv=query_cache)[0]
+        elif image_feats is not None:
+            hidden = self.encode_unilm(image_feats, input_ids, mask, image_mask, query_embeds)
+            hidden = hidden[:, hidden.shape[1] - input_ids.shape[1]:]
+        else:
+            raise ValueError("decode_text needs either query_cache or image_feats")
+        return self.lm_logits(hidden)
+
+    # -- heads --------------------------------------------------------------------------------------
+    def lm_logits(self, hidden):
+        return self.lm_head(hidden, self.embeddings.attend)
+
+    def image_embeddings(self, query_hidden):
+        """l2norm(vision_proj(Z)) per query: (B, Q, embed_dim), float32."""
+        return l2_normalize(self.vision_proj(query_hidden))
+
+    def text_embeddings(self, text_hidden):
+        """l2norm(text_proj(CLS)): (B, embed_dim), float32."""
+        return l2_normalize(self.text_proj(text_hidden[:, 0]))
+
+    def itm_logits(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
+        """itm_head over the query outputs of the ITM pass, averaged over queries: (B, 2), float32."""
+        hidden = self.encode_joint(image_feats, input_ids, attention_mask, image_mask, query_embeds)
+        num_queries = hidden.shape[1] - input_ids.shape[1]
+        return self.itm_head(hidden[:, :num_queries]).astype(jnp.float32).mean(axis=1)
+
+    def temperature(self):
+        """temp clipped to LAVIS's [0.001, 0.5]. LAVIS clamps the parameter itself in place before each
+        forward, so its gradient never vanishes at the bounds; to match that exactly, clip the `temp`
+        param after each optimizer update instead (this clip then is a no-op)."""
+        return jnp.clip(self.temp, *TEMP_RANGE)
+
+    # -- HF-compatible / init entry point -------------------------------------------------------------
+    def __call__(self, input_ids=None, attention_mask=None, image_feats=None, image_mask=None,
+                 output_hidden_states: bool = False):
+        """Text: BertModel-like outputs of the text-only pass (last_hidden_state, hidden_states, logits =
+        the LM head on it, text_embeds). Image: query_hidden_state, image_embeds. Both: itm_logits of the
+        given (paired) inputs and itg_logits of `decode_text`. Calling it with both initialises every param.
+        """
+        out = {}
+        if input_ids is not None:
+            mask = self._text_mask(input_ids, attention_mask)
+            bias = attention_bias(bidirectional_mask(mask))
+            last, states, _ = self.qformer.run(self.embeddings(input_ids), bias, 0)
+            out.update(last_hidden_state=last, logits=self.lm_logits(last), text_embeds=self.text_embeddings(last))
+            if output_hidden_states:
+                out["hidden_states"] = states
+        if image_feats is not None:
+            query_hidden = self.encode_image_queries(image_feats, image_mask)
+            out.update(query_hidden_state=query_hidden, image_embeds=self.image_embeddings(query_hidden))
+        if input_ids is not None and image_feats is not None:
+            out["itm_logits"] = self.itm_logits(image_feats, input_ids, attention_mask, image_mask)
+            out["itg_logits"] = self.decode_text(input_ids, attention_mask, image_feats, image_mask)
+            out["temp"] = self.temperature()
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs from HF config.json dicts
+# ----------------------------------------------------------------------------------------------
+
+def _common(hf: dict) -> dict:
+    return dict(
+        hidden_size=hf.get("hidden_size", 768),
+        num_hidden_layers=hf.get("num_hidden_layers", 12),
+        num_attention_heads=hf.get("num_attention_heads", 12),
+        intermediate_size=hf.get("intermediate_size", 3072),
+        hidden_act=hf.get("hidden_act", "gelu"),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        max_position_embeddings=hf.get("max_position_embeddings", 512),
+        pad_token_id=hf.get("pad_token_id") or 0,
+    )
+
+
+def config_from_hf(hf: dict, **overrides) -> QFormerConfig:
+    """A QFormerConfig from an HF Blip2QFormerConfig or BertConfig dict (config.json).
+
+    BERT: the vocabulary grows by one row for [DEC] (dec_token_id = BERT's vocab_size), the text FFN
+    exists, and the Q-Former-only fields (num_query_tokens, cross_attention_freq, encoder_width,
+    embed_dim) keep their BLIP-2 defaults unless overridden.
+    """
+    model_type = hf.get("model_type", "")
+    fields = _common(hf)
+    if model_type == "bert":
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"BertConfig.position_embedding_type={hf['position_embedding_type']!r} is not "
+                             "supported (the Q-Former uses absolute positions)")
+        if not hf.get("tie_word_embeddings", True):
+            raise ValueError("BertConfig.tie_word_embeddings=False is not supported: the Q-Former's LM "
+                             "decoder is tied to the word embeddings")
+        vocab = hf.get("vocab_size", 30522)
+        fields.update(vocab_size=vocab + 1, dec_token_id=vocab, text_ffn=True)
+    elif model_type in ("blip_2_qformer", "blip-2-qformer"):
+        vocab = hf.get("vocab_size", 30522)
+        fields.update(vocab_size=vocab, dec_token_id=vocab - 1,
+                      cross_attention_freq=hf.get("cross_attention_frequency", 2),
+                      encoder_width=hf.get("encoder_hidden_size", 1408),
+                      text_ffn=bool(hf.get("use_qformer_text_input", False)))
+    else:
+        raise ValueError(f"cannot build a Q-Former config from model_type {model_type!r} "
+                         "(expected 'bert' or 'blip_2_qformer')")
+    fields.update(overrides)
+    return QFormerConfig(**fields)
