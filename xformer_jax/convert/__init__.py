@@ -4,7 +4,7 @@
 model.safetensors or a sharded index) and returns a module whose `apply` takes HF input names and
 layouts and returns HF output field names.
 """
-from xformer_jax.convert.hf import SUPPORTED_ARCHITECTURES, from_hf
+from xformer_jax.convert.hf import SUPPORTED_ARCHITECTURES, LoadReport, from_hf, load_hf
 from xformer_jax.convert.mapping import CheckpointMismatch
 
-__all__ = ["from_hf", "SUPPORTED_ARCHITECTURES", "CheckpointMismatch"]
+__all__ = ["from_hf", "load_hf", "LoadReport", "SUPPORTED_ARCHITECTURES", "CheckpointMismatch"]

@@ -32,7 +32,7 @@ Modules:
 Params are float32; `dtype` is the compute dtype; softmax and LayerNorms run in float32.
 """
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -45,6 +45,16 @@ TEMP_INIT = 0.07
 TEMP_RANGE = (0.001, 0.5)  # LAVIS clamps temp in place to this range before every forward
 
 KVCache = Sequence[tuple[jax.Array, jax.Array]]  # per layer (keys, values), each (batch, len, heads, head_dim)
+# fuse(layer_index, query_hidden, carry) -> (query_hidden, carry): run on the query positions after every
+# cross-attention layer (X-Former's per-layer dual cross-attention, the early MAE cross-attention).
+FuseHook = Callable[[int, jax.Array, Any], tuple[jax.Array, Any]]
+
+
+class EncoderOutput(NamedTuple):
+    last: jax.Array  # (B, L, H)
+    states: tuple  # every hidden state, the normalised embeddings first
+    cache: tuple  # per-layer self-attention (keys, values)
+    carry: Any = None  # what a fuse hook handed on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,8 +245,8 @@ class QFormerEncoder(nn.Module):
 
     @nn.compact
     def run(self, embeds, bias=None, query_length: int = 0, memory=None, memory_bias=None,
-            past_kv: Optional[KVCache] = None):
-        """-> (last hidden, all hidden states (normalised embeddings first), per-layer self-attn (k, v))."""
+            past_kv: Optional[KVCache] = None, fuse: Optional[FuseHook] = None, carry=None) -> EncoderOutput:
+        """All layers; `fuse` (if given) rewrites the query positions after each cross-attention layer."""
         c = self.config
         if past_kv is not None and len(past_kv) != c.num_hidden_layers:
             raise ValueError(f"past_kv has {len(past_kv)} layers, the Q-Former {c.num_hidden_layers}")
@@ -246,19 +256,22 @@ class QFormerEncoder(nn.Module):
         for i in range(c.num_hidden_layers):
             x, kv = layer_cls(c, c.has_cross_attention(i), name=f"layer_{i}")(
                 x, bias, query_length, memory, memory_bias, None if past_kv is None else past_kv[i])
+            if fuse is not None and query_length > 0 and c.has_cross_attention(i):
+                queries, carry = fuse(i, x[:, :query_length], carry)
+                x = jnp.concatenate([queries.astype(x.dtype), x[:, query_length:]], axis=1)
             states.append(x)
             cache.append(kv)
-        return x, tuple(states), tuple(cache)
+        return EncoderOutput(x, tuple(states), tuple(cache), carry)
 
     def __call__(self, query_embeds, query_length: Optional[int] = None, attention_mask=None,
                  encoder_hidden_states=None, encoder_attention_mask=None, output_hidden_states: bool = False):
         query_length = query_embeds.shape[1] if query_length is None else query_length
         bias = None if attention_mask is None else attention_bias(padding_mask(attention_mask))
         memory_bias = None if encoder_attention_mask is None else attention_bias(padding_mask(encoder_attention_mask))
-        last, states, _ = self.run(query_embeds, bias, query_length, encoder_hidden_states, memory_bias)
-        out = {"last_hidden_state": last, "pooler_output": last[:, 0]}
+        result = self.run(query_embeds, bias, query_length, encoder_hidden_states, memory_bias)
+        out = {"last_hidden_state": result.last, "pooler_output": result.last[:, 0]}
         if output_hidden_states:
-            out["hidden_states"] = states
+            out["hidden_states"] = result.states
         return out
 
 
@@ -343,26 +356,36 @@ class QFormer(nn.Module):
         return jnp.ones(input_ids.shape, jnp.float32) if attention_mask is None else attention_mask
 
     # -- the BLIP-2 passes ------------------------------------------------------------------------
-    def encode_image_queries(self, image_feats, image_mask=None, query_embeds=None, return_cache: bool = False):
-        """Queries alone, cross-attending to ln_vision(image_feats): (B, Q, H) [, per-layer query (k, v)]."""
+    def query_pass(self, image_feats, image_mask=None, query_embeds=None, fuse: Optional[FuseHook] = None,
+                   carry=None) -> EncoderOutput:
+        """Queries alone, cross-attending to ln_vision(image_feats), with an optional fuse hook."""
         queries = self.queries(image_feats.shape[0], query_embeds)
         memory, memory_bias = self._memory(image_feats, image_mask)
-        last, _, cache = self.qformer.run(queries, None, queries.shape[1], memory, memory_bias)
-        return (last, cache) if return_cache else last
+        return self.qformer.run(queries, None, queries.shape[1], memory, memory_bias, fuse=fuse, carry=carry)
+
+    def encode_image_queries(self, image_feats, image_mask=None, query_embeds=None, return_cache: bool = False):
+        """Queries alone, cross-attending to ln_vision(image_feats): (B, Q, H) [, per-layer query (k, v)]."""
+        result = self.query_pass(image_feats, image_mask, query_embeds)
+        return (result.last, result.cache) if return_cache else result.last
 
     def encode_text(self, input_ids, attention_mask=None):
         """Text alone, bidirectional over non-pad tokens (ITC text side; BertModel's function): (B, T, H)."""
         embeds = self.embeddings(input_ids)
         bias = attention_bias(bidirectional_mask(self._text_mask(input_ids, attention_mask)))
-        return self.qformer.run(embeds, bias, 0)[0]
+        return self.qformer.run(embeds, bias, 0).last
 
-    def encode_joint(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
-        """ITM pass: [queries; text] with the bidirectional mask, queries cross-attend: (B, Q+T, H)."""
+    def joint_pass(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None,
+                   fuse: Optional[FuseHook] = None, carry=None) -> EncoderOutput:
+        """ITM pass: [queries; text] with the bidirectional mask, queries cross-attend; optional fuse hook."""
         queries = self.queries(input_ids.shape[0], query_embeds)
         embeds = jnp.concatenate([queries, self.embeddings(input_ids)], axis=1)
         bias = attention_bias(bidirectional_mask(self._text_mask(input_ids, attention_mask), queries.shape[1]))
         memory, memory_bias = self._memory(image_feats, image_mask)
-        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias)[0]
+        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias, fuse=fuse, carry=carry)
+
+    def encode_joint(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
+        """ITM pass: (B, Q+T, H)."""
+        return self.joint_pass(image_feats, input_ids, attention_mask, image_mask, query_embeds).last
 
     def encode_unilm(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
         """ITG pass in one go: [queries; text] with the UniLM mask: (B, Q+T, H).
@@ -373,7 +396,7 @@ class QFormer(nn.Module):
         embeds = jnp.concatenate([queries, self.embeddings(input_ids)], axis=1)
         bias = attention_bias(unilm_mask(self._text_mask(input_ids, attention_mask), queries.shape[1]))
         memory, memory_bias = self._memory(image_feats, image_mask)
-        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias)[0]
+        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias).last
 
     def decode_text(self, input_ids, attention_mask=None, image_feats=None, image_mask=None,
                     query_cache: Optional[KVCache] = None, query_embeds=None):
@@ -387,7 +410,7 @@ class QFormer(nn.Module):
         if query_cache is not None:
             num_queries = query_cache[0][0].shape[1]
             bias = attention_bias(prefix_causal_mask(mask, num_queries))
-            hidden = self.qformer.run(self.embeddings(input_ids), bias, 0, past_kv=query_cache)[0]
+            hidden = self.qformer.run(self.embeddings(input_ids), bias, 0, past_kv=query_cache).last
         elif image_feats is not None:
             hidden = self.encode_unilm(image_feats, input_ids, mask, image_mask, query_embeds)
             hidden = hidden[:, hidden.shape[1] - input_ids.shape[1]:]
@@ -430,7 +453,7 @@ class QFormer(nn.Module):
         if input_ids is not None:
             mask = self._text_mask(input_ids, attention_mask)
             bias = attention_bias(bidirectional_mask(mask))
-            last, states, _ = self.qformer.run(self.embeddings(input_ids), bias, 0)
+            last, states, _, _ = self.qformer.run(self.embeddings(input_ids), bias, 0)
             out.update(last_hidden_state=last, logits=self.lm_logits(last), text_embeds=self.text_embeddings(last))
             if output_hidden_states:
                 out["hidden_states"] = states

@@ -1,0 +1,41 @@
+"""The keys every config has, with their defaults; config files override what they need."""
+import ml_collections
+
+from xformer_jax.data.config import default_data_config
+from xformer_jax.train.checkpointing import default_checkpoint_config
+from xformer_jax.train.optimizer import default_optim_config
+from xformer_jax.train.partitioning import default_mesh_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 64  # global, all processes together
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.eval_every = 0  # steps between evaluation hooks (0 = none)
+    c.eval_batches = 4
+
+    c.model = ml_collections.ConfigDict()
+    c.model.dtype = "float32"  # compute dtype ("bfloat16" on TPU / GPU)
+    c.model.frozen_dtype = "float32"  # storage dtype of the frozen towers
+    c.model.vision = ml_collections.ConfigDict(dict(hf_dir=""))
+    c.model.mae = ml_collections.ConfigDict(dict(hf_dir=""))
+    c.model.qformer = ml_collections.ConfigDict(dict(bert_dir=""))
+    c.model.fusion = ml_collections.ConfigDict()
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.weights = ml_collections.ConfigDict(dict(itc=1.0, itm=1.0, itg=1.0, rec=1.0))
+    c.loss.itc_grad = "global"  # "global": full gradient over the global batch; "local": LAVIS's
+    c.loss.use_image_ids = True  # same-image pairs are not negatives (ITC targets, ITM sampling)
+
+    c.data = default_data_config()
+    c.optim = default_optim_config()
+    c.mesh = default_mesh_config()
+    c.checkpoint = default_checkpoint_config()
+    # One source of truth for values that several sections read.
+    c.data.batch_size = c.get_ref("batch_size")
+    c.data.seed = c.get_ref("seed")
+    c.checkpoint.every_steps = c.get_ref("checkpoint_every")
+    return c

