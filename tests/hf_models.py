@@ -70,3 +70,21 @@ def bert_config(**overrides) -> T.BertConfig:
 def bert(kind: str = "BertModel", **overrides):
     """A tiny random BertModel / BertLMHeadModel / BertForMaskedLM."""
     return randomize(getattr(T, kind)(bert_config(**overrides)), seed=4)
+
+
+def blip2_retrieval_config(**qformer_overrides) -> T.Blip2Config:
+    """Vision 32 wide, 2 blocks; a 2-layer Q-Former reading that width, cross-attention in layer 0 only
+    (frequency 2), with the text FFN the retrieval text pass needs; 4 queries, 16-wide ITC space."""
+    qformer = tiny_qformer_kwargs(num_hidden_layers=2, encoder_hidden_size=32, use_qformer_text_input=True)
+    qformer.update(qformer_overrides)
+    return T.Blip2Config(vision_config=tiny_vision_kwargs(num_hidden_layers=2), qformer_config=qformer,
+                         num_query_tokens=4, image_text_hidden_size=16, attn_implementation="eager")
+
+
+def blip2_retrieval(**qformer_overrides) -> T.Blip2ForImageTextRetrieval:
+    """Seeded init (without touching torch's global RNG) and a wider perturbation (std 0.2): at 0.05 the
+    ITC / ITM logits of different pairs differ only in the third decimal."""
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        model = T.Blip2ForImageTextRetrieval(blip2_retrieval_config(**qformer_overrides))
+    return randomize(model, seed=5, std=0.2)

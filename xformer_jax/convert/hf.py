@@ -13,7 +13,7 @@ import numpy as np
 from flax import traverse_util
 
 from xformer_jax.convert import mapping, safetensors_io, tables
-from xformer_jax.models import mae, qformer, vit
+from xformer_jax.models import blip2_retrieval, mae, qformer, vit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +132,26 @@ _BERT = dict(
            "added vocabulary rows ([DEC]): word embedding ~ N(0, 0.02), LM bias 0"))
 
 
+def _retrieval_inputs(module) -> dict:
+    """Two pairs (init also runs the stage-1 forward, whose hard negatives need two), text long enough
+    to survive `strip_image_tokens`."""
+    v, q = module.config.vision, module.config.qformer
+    return {"pixel_values": jnp.zeros((2, v.num_channels, v.image_size, v.image_size), jnp.float32),
+            "input_ids": jnp.zeros((2, q.num_query_tokens + 2), jnp.int32)}
+
+
+def _blip2_retrieval(cfg, overrides):
+    return blip2_retrieval.Blip2ForImageTextRetrieval(blip2_retrieval.config_from_hf(cfg, **overrides),
+                                                      strip_image_tokens=cfg.get("image_token_index") is not None)
+
+
+# Retrieval checkpoints carry neither the Q-Former's LM head (ITG) nor the ITC temperature.
+_RETRIEVAL_FRESH = (r"lm_head/.*", r"temp")
+_RETRIEVAL_NOTES = ("vision_model.post_layernorm read as the Q-Former's ln_vision (the tower's features are "
+                    "its last block, feature_layer=-1)",
+                    "lm_head and temp are not in Blip2ForImageTextRetrieval checkpoints: drawn fresh (temp 0.07)")
+
+
 _CLIP = dict(build=_clip, table=tables.CLIP_VISION, dummy_inputs=_pixels, prefix="vision_model.")
 _EVA = dict(build=_clip, table=tables.EVA_VISION, dummy_inputs=_pixels, prefix="vision_model.",
             fixups=_merge_eva_qv_bias)
@@ -142,11 +162,18 @@ RECIPES: dict[str, Recipe] = {
     "CLIPModel": Recipe(**_CLIP, prefix_required=True, sub_config="vision_config"),
     "Blip2VisionModel": Recipe(**_EVA),
     "Blip2ForConditionalGeneration": Recipe(**_BLIP2_VISION),
-    "Blip2ForImageTextRetrieval": Recipe(**_BLIP2_VISION),
+    # The whole stage-1 model (Stage1Model's params, transformers' retrieval forward).
+    "Blip2ForImageTextRetrieval": Recipe(
+        build=_blip2_retrieval, table=tables.BLIP2_RETRIEVAL, dummy_inputs=_retrieval_inputs,
+        fixups=_merge_eva_qv_bias, fresh=tuple(f"qformer/{r}" for r in _RETRIEVAL_FRESH), notes=_RETRIEVAL_NOTES),
     "Blip2Model": Recipe(**_BLIP2_VISION),
     "CLIPModel:vision": Recipe(**_CLIP, prefix_required=True, sub_config="vision_config"),
     "Blip2ForConditionalGeneration:vision": Recipe(**_BLIP2_VISION),
     "Blip2ForImageTextRetrieval:vision": Recipe(**_BLIP2_VISION),
+    "Blip2ForImageTextRetrieval:qformer": Recipe(
+        build=lambda c, o: qformer.QFormer(blip2_retrieval.config_from_hf(c, **o).qformer),
+        table=tables.BLIP2_RETRIEVAL_QFORMER, dummy_inputs=_qformer_inputs, fresh=_RETRIEVAL_FRESH,
+        ignore=(r"vision_model\.(?!post_layernorm\.)",), notes=_RETRIEVAL_NOTES),
     "Blip2Model:vision": Recipe(**_BLIP2_VISION),
     "ViTMAEModel": Recipe(build=lambda c, o: mae.MAEEncoder(_mae_config(c, o)), table=tables.mae_encoder(),
                           dummy_inputs=_masked_pixels, prefix="vit."),

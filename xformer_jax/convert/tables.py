@@ -90,3 +90,21 @@ BERT_QFORMER = [
     ("cls.predictions.transform.LayerNorm", "lm_head/layernorm"),
     ("cls.predictions.bias", "lm_head/bias"),
 ]
+
+# HF Blip2ForImageTextRetrieval -> models.qformer.QFormer. HF's vision `post_layernorm` is LAVIS's
+# `ln_vision` (HF runs it on the tower output the Q-Former reads), so it fills the Q-Former's ln_vision.
+BLIP2_RETRIEVAL_QFORMER = [
+    ("vision_model.post_layernorm", "ln_vision"),
+    ("query_tokens", "query_tokens"),
+    ("embeddings.word_embeddings", "embeddings/word_embeddings"),
+    ("embeddings.position_embeddings", "embeddings/position_embeddings"),
+    *[(f"qformer.{hf}", f"qformer/{flax}") for hf, flax in QFORMER],
+    ("vision_projection", "vision_proj"),
+    ("text_projection", "text_proj"),
+    ("itm_head", "itm_head"),
+]
+# ... -> models.blip2_retrieval.Blip2ForImageTextRetrieval (Stage1Model's tree, whose tower has no norm).
+BLIP2_RETRIEVAL = [
+    *[(f"vision_model.{hf}", f"vision/{flax}") for hf, flax in EVA_VISION if hf != "post_layernorm"],
+    *[(hf, f"qformer/{flax}") for hf, flax in BLIP2_RETRIEVAL_QFORMER],
+]
