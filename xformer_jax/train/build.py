@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from xformer_jax.models import fusion, mae, qformer, vit, xformer
 
@@ -127,15 +128,25 @@ def _check_config(loaded, configured, key: str, path: str) -> None:
 
 
 def merge_pretrained(params: dict, parts: dict) -> dict:
-    """Replace randomly initialised components by ported ones, shapes checked."""
+    """Replace randomly initialised components by ported ones, keys and shapes checked.
+
+    A ported component must supply every param the model has; params it has beyond those (e.g. a
+    CLIP tower's post_layernorm, which the Q-Former path never reads) are dropped and logged.
+    """
     merged = dict(params)
     for name, loaded in parts.items():
-        target = params[name]
-        shapes = jax.tree.map(np.shape, loaded)
-        expected = jax.tree.map(np.shape, target)
-        if shapes != expected:
-            raise ValueError(f"pretrained {name!r} params do not match the configured model: "
-                             f"{jax.tree.structure(shapes)} vs {jax.tree.structure(expected)}")
-        merged[name] = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, np.float32), old.sharding),
-                                    loaded, target)
+        target = traverse_util.flatten_dict(params[name], sep="/")
+        source = traverse_util.flatten_dict(loaded, sep="/")
+        missing = sorted(set(target) - set(source))
+        if missing:
+            raise ValueError(f"pretrained {name!r} lacks params the configured model has: {missing[:10]}")
+        unused = sorted(set(source) - set(target))
+        if unused:
+            logging.info("pretrained %r: params the model does not use, dropped: %s", name, unused)
+        wrong = [f"{k}: {np.shape(source[k])} vs {target[k].shape}" for k in target
+                 if tuple(np.shape(source[k])) != tuple(target[k].shape)]
+        if wrong:
+            raise ValueError(f"pretrained {name!r} params do not match the configured model: {wrong[:10]}")
+        merged[name] = traverse_util.unflatten_dict(
+            {k: jax.device_put(np.asarray(source[k], np.float32), v.sharding) for k, v in target.items()}, sep="/")
     return merged
