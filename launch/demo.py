@@ -1,102 +1,143 @@
-"""`make demo`: what exists today, run for real on the built-in synthetic data.
+"""`make demo`: the main job on the built-in synthetic data, on CPU, with no downloads.
 
-Generates the synthetic dataset, builds small CLIP and MAE towers, encodes a batch of scenes, runs
-MAE masked reconstruction, prints shapes, losses and timings as a table, and writes a
-reconstruction grid (image / masked input / reconstruction) to WORKDIR/reconstruction.png.
+1. writes the synthetic scenes dataset (captions + VQA) under WORKDIR/data;
+2. gives the small CLIP and MAE towers a short pretraining on those images (cached in WORKDIR/towers);
+3. trains stage 1 of a small X-Former (`configs/demo.py:stage1`, Q-Former from the real MiniLM BERT)
+   with launch/train.py's loop (rerunning resumes; a finished run is reused);
+4. evaluates image-text retrieval on the validation split and prints a table;
+5. draws WORKDIR/loss_curves.png and WORKDIR/reconstruction.png (image / masked input / reconstruction).
 """
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from xformer_jax.data import synthetic  # noqa: E402
-from xformer_jax.models import mae, vit  # noqa: E402
-
-IMAGE_SIZE = 64
-PATCH = 8
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
-STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
-
-
-def load_images(paths: dict, split: str, count: int) -> np.ndarray:
-    with open(paths[f"caption_{split}"]) as f:
-        entries = json.load(f)
-    files = sorted({e["image"] for e in entries})[:count]
-    images = [np.asarray(Image.open(os.path.join(paths["root"], name)).convert("RGB")) for name in files]
-    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+from configs import demo as demo_config  # noqa: E402
+from xformer_jax import plots, pretrain  # noqa: E402
+from xformer_jax.data import pipeline  # noqa: E402
+from xformer_jax.eval import retrieval  # noqa: E402
+from xformer_jax.models import mae as mae_lib  # noqa: E402
+from xformer_jax.train import build, checkpointing, loop, partitioning  # noqa: E402
 
 
-def timed(fn, *args):
-    jax.block_until_ready(fn(*args))  # compile
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
+def pretrained_towers(config, workdir: str, steps: int) -> None:
+    """Pretrains the towers once and points config.model.*.params_file at them."""
+    os.makedirs(os.path.join(workdir, "towers"), exist_ok=True)
+    model_config = build.stage1_config(config.model)
+    paths = {name: os.path.join(workdir, "towers", f"{name}.msgpack") for name in ("vision", "mae")}
+    if not all(os.path.exists(p) for p in paths.values()):
+        start = time.perf_counter()
+        batches = pipeline.make_train_iterator(config)
+        mae_params, mae_loss = pretrain.pretrain_mae(model_config.mae, (b["mae_pixel_values"] for b in batches), steps)
+        clip_params, clip_loss = pretrain.pretrain_clip(model_config.vision, batches, model_config.qformer.vocab_size,
+                                                        steps)
+        build.save_params(paths["mae"], mae_params)
+        build.save_params(paths["vision"], clip_params)
+        print(f"tower pretraining ({steps} steps each, {time.perf_counter() - start:.0f}s): "
+              f"MAE loss {mae_loss[0]:.3f} -> {np.mean(mae_loss[-10:]):.3f}, "
+              f"CLIP contrastive {clip_loss[0]:.3f} -> {np.mean(clip_loss[-10:]):.3f}", flush=True)
+    for name, path in paths.items():
+        config.model[name].params_file = path
 
 
-def to_uint8(nchw):
-    return (np.clip(np.asarray(nchw) * STD + MEAN, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+def read_metrics(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
-def save_grid(path, *columns):
-    """One row per example, one column per stage."""
-    rows = [np.concatenate(row, axis=1) for row in zip(*columns)]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+def loss_curves(records: list[dict], path: str) -> None:
+    keys = [k for k in records[0] if k.startswith("loss")]
+    series = {k: ([r["step"] for r in records if k in r], [r[k] for r in records if k in r]) for k in keys}
+    plots.line_chart(series, path, "stage-1 training losses (synthetic scenes)")
+
+
+def restore_state(trainer, workdir: str):
+    checkpoints = checkpointing.Checkpointer(workdir, trainer.config.checkpoint)
+    target = partitioning.with_shardings(jax.eval_shape(lambda s: s, trainer.state), trainer.state_shardings)
+    state = checkpoints.restore(None, target)
+    checkpoints.close()
+    return state
+
+
+def evaluate(trainer, state, config) -> dict:
+    """ITC retrieval over the validation images (one caption each) and a reconstruction batch."""
+    params = {**state.params, **state.frozen}
+    model = trainer.model
+    embed = jax.jit(lambda p, b: model.apply({"params": p}, b["pixel_values"], b["input_ids"], b["attention_mask"],
+                                             b.get("mae_pixel_values"), method=model.retrieval_embeddings))
+    images, texts, first = [], [], None
+    for batch in pipeline.make_eval_dataset(config):
+        keep = batch["mask"].astype(bool)
+        inputs = {k: batch[k] for k in ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask")}
+        image_embeds, text_embeds = embed(params, inputs)
+        images.append(np.asarray(image_embeds)[keep])
+        texts.append(np.asarray(text_embeds)[keep])
+        first = first or inputs
+    image_embeds, text_embeds = np.concatenate(images), np.concatenate(texts)
+    sims = np.einsum("iqd,td->iqt", image_embeds, text_embeds).max(axis=1)
+    recall = retrieval.retrieval_recall(sims, np.arange(len(text_embeds)))
+    return recall, first, params
+
+
+def reconstruction_picture(model, params, batch, path: str) -> None:
+    pred, mask = jax.jit(lambda p, b: model.apply({"params": p}, b["pixel_values"], b["mae_pixel_values"],
+                                                  jax.random.key(0), method=model.reconstruct_images))(params, batch)
+    patch = model.config.mae.patch_size
+    pixels = batch["mae_pixel_values"][:6]
+    patches = mae_lib.patchify(pixels, patch)
+    mask = np.asarray(mask[:6])[..., None]
+    masked = mae_lib.unpatchify(patches * (1 - mask), patch)
+    filled = mae_lib.unpatchify(np.where(mask > 0, np.asarray(pred[:6]), patches), patch)
+    mean, std = np.array([0.485, 0.456, 0.406])[:, None, None], np.array([0.229, 0.224, 0.225])[:, None, None]
+    to_rgb = lambda x: (np.clip(np.asarray(x) * std + mean, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)  # noqa: E731
+    rows = [[to_rgb(a), to_rgb(b), to_rgb(c)] for a, b, c in zip(pixels, masked, filled)]
+    plots.image_grid(rows, path, labels=["image", "masked input", "reconstruction"])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="workdir/demo")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=150, help="stage-1 training steps")
+    parser.add_argument("--tower_steps", type=int, default=300, help="pretraining steps per tower")
     args = parser.parse_args()
-    os.makedirs(args.workdir, exist_ok=True)
-
+    logging.getLogger().setLevel(logging.WARNING)
+    workdir = os.path.abspath(args.workdir)
     start = time.perf_counter()
-    paths = synthetic.write_dataset(os.path.join(args.workdir, "data"), seed=0, num_train=64, num_val=16,
-                                    num_test=16, image_size=IMAGE_SIZE)
-    print(f"synthetic dataset: {paths['root']} ({time.perf_counter() - start:.1f}s)")
-    pixels = (load_images(paths, "val", args.batch) - MEAN) / STD
 
-    clip_cfg = vit.VisionConfig(kind="clip", hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                intermediate_size=128, image_size=IMAGE_SIZE, patch_size=PATCH)
-    mae_cfg = mae.MAEConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                            decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
-                            decoder_intermediate_size=64, image_size=IMAGE_SIZE, patch_size=PATCH, mask_ratio=0.5)
-    clip, mae_model = vit.VisionTransformer(clip_cfg), mae.MAEForPreTraining(mae_cfg)
-    key = jax.random.key(0)
-    clip_params = clip.init(key, pixels)["params"]
-    mae_params = mae_model.init(key, pixels, mask_rng=key)["params"]
+    config = demo_config.get_config("stage1")
+    config.data.path = os.path.join(workdir, "data")
+    config.total_steps = args.steps
+    config.checkpoint_every = args.steps
+    config.optim.warmup_steps = min(config.optim.warmup_steps, args.steps // 5)
+    pretrained_towers(config, workdir, args.tower_steps)
 
-    clip_out, clip_s = timed(jax.jit(lambda p, x: clip.apply({"params": p}, x, output_hidden_states=True)),
-                             clip_params, pixels)
-    features, _ = timed(jax.jit(lambda p, x: clip.apply({"params": p}, x, method=clip.features)), clip_params, pixels)
-    mae_out, mae_s = timed(jax.jit(lambda p, x, k: mae_model.apply({"params": p}, x, mask_rng=k)),
-                           mae_params, pixels, jax.random.key(1))
+    stage1_dir = os.path.join(workdir, "stage1")
+    print(f"stage 1: {args.steps} steps of {config.model.fusion.kind} on synthetic scenes -> {stage1_dir}", flush=True)
+    loop.train(config, stage1_dir)
 
-    rows = [
-        ("CLIP last_hidden_state", str(tuple(clip_out["last_hidden_state"].shape)), f"{clip_s * 1e3:.1f} ms"),
-        ("CLIP hidden_states", f"{len(clip_out['hidden_states'])} x {tuple(features.shape)}", ""),
-        ("CLIP features (layer -2)", str(tuple(features.shape)), ""),
-        ("MAE decoder logits", str(tuple(mae_out["logits"].shape)), f"{mae_s * 1e3:.1f} ms"),
-        ("MAE masked patches", f"{int(mae_out['mask'].sum())} of {mae_out['mask'].size}", ""),
-        ("MAE reconstruction loss (untrained)", f"{float(mae_out['loss']):.4f}", ""),
-    ]
-    width = max(len(r[0]) for r in rows)
-    for name, value, timing in rows:
-        print(f"  {name:<{width}}  {value:<22} {timing}")
+    trainer = loop.make_trainer(config, load_pretrained=False)
+    state = restore_state(trainer, stage1_dir)
+    recall, batch, params = evaluate(trainer, state, config)
+    records = read_metrics(os.path.join(stage1_dir, "metrics.jsonl"))
+    loss_curves(records, os.path.join(workdir, "loss_curves.png"))
+    reconstruction_picture(trainer.model, params, batch, os.path.join(workdir, "reconstruction.png"))
 
-    patches = mae.patchify(jnp.asarray(pixels), PATCH)
-    masked = mae.unpatchify(patches * (1 - mae_out["mask"][..., None]), PATCH)
-    recon = mae.unpatchify(jnp.where(mae_out["mask"][..., None] > 0, mae_out["logits"], patches), PATCH)
-    grid_path = os.path.join(args.workdir, "reconstruction.png")
-    save_grid(grid_path, to_uint8(pixels[:4]), to_uint8(masked[:4]), to_uint8(recon[:4]))
-    print(f"reconstruction grid (image | masked | reconstruction): {grid_path}")
+    first, last = records[0], records[-1]
+    print("\n| quantity | first logged step | last step |\n| --- | --- | --- |")
+    for key in [k for k in last if k.startswith("loss")]:
+        print(f"| {key} | {first[key]:.3f} | {last[key]:.3f} |")
+    print(f"\nretrieval on {config.data.synthetic.num_val} validation scenes (ITC, chance R@1 = "
+          f"{100 / config.data.synthetic.num_val:.1f}%):")
+    print(f"  image->text R@1 {recall['i2t_r1']:.1f}  R@5 {recall['i2t_r5']:.1f}   "
+          f"text->image R@1 {recall['t2i_r1']:.1f}  R@5 {recall['t2i_r5']:.1f}")
+    print(f"\npictures: {workdir}/loss_curves.png, {workdir}/reconstruction.png")
+    print(f"demo finished in {time.perf_counter() - start:.0f}s")
 
 
 if __name__ == "__main__":

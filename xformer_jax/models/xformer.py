@@ -160,6 +160,20 @@ class Stage1Model(nn.Module):
             out["rec"], _ = self.reconstruct(mae_out, images, mae_pixel_values)
         return out
 
+    def reconstruct_images(self, pixel_values, mae_pixel_values, mask_rng):
+        """(predicted patches, mask) of the xformer branch: what the reconstruction loss scores."""
+        images = self.encode_images(pixel_values, mae_pixel_values, mask_rng)
+        _, _, mae_out = self.query_states(images)
+        _, pred = self.reconstruct(mae_out, images, mae_pixel_values)
+        return pred, images["mae_mask"]
+
+    def retrieval_embeddings(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None):
+        """(image_embeds (B, Q, D), text_embeds (B, D)) for ITC retrieval; MAE unmasked."""
+        images = self.encode_images(pixel_values, mae_pixel_values, mask_ratio=0.0)
+        queries, _, _ = self.query_states(images)
+        text = self.qformer.encode_text(input_ids, attention_mask)
+        return self.qformer.image_embeddings(queries), self.qformer.text_embeddings(text)
+
     def features(self, pixel_values, mae_pixel_values=None, mask_rng=None, mask_ratio: Optional[float] = 0.0):
         """Z' for stage 2 / inference (MAE unmasked by default, as the paper's stage 2)."""
         images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, mask_ratio)

