@@ -88,3 +88,41 @@ def blip2_retrieval(**qformer_overrides) -> T.Blip2ForImageTextRetrieval:
         torch.manual_seed(5)
         model = T.Blip2ForImageTextRetrieval(blip2_retrieval_config(**qformer_overrides))
     return randomize(model, seed=5, std=0.2)
+
+
+def opt_config(**overrides) -> T.OPTConfig:
+    """A 2-layer OPT, 32 wide; `post_ln=True`-style overrides give the OPT-350m layout."""
+    kwargs = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, ffn_dim=48, num_attention_heads=4,
+                  max_position_embeddings=40, pad_token_id=1, bos_token_id=2, eos_token_id=2)
+    kwargs.update(overrides)
+    return T.OPTConfig(**kwargs, attn_implementation="eager")
+
+
+def opt_350m_style(**overrides) -> dict:
+    """OPT-350m's differences: post-LN (no final LayerNorm) and 24-wide token embeddings projected in / out."""
+    return dict(dict(do_layer_norm_before=False, word_embed_proj_dim=24), **overrides)
+
+
+def opt_causal_lm(**overrides) -> T.OPTForCausalLM:
+    """Seeded init (without touching torch's global RNG), perturbed with std 0.2: tiny random LMs need
+    spread-out logits for greedy / beam choices not to hinge on float rounding."""
+    with torch.random.fork_rng():
+        torch.manual_seed(6)
+        model = T.OPTForCausalLM(opt_config(**overrides))
+    return randomize(model, seed=6, std=0.2)
+
+
+def llama_config(**overrides) -> T.LlamaConfig:
+    """A 2-layer LLaMA, 32 wide, 4 query heads sharing 2 key/value heads (GQA), rope_theta 500."""
+    kwargs = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rope_parameters={"rope_type": "default",
+                  "rope_theta": 500.0}, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    kwargs.update(overrides)
+    return T.LlamaConfig(**kwargs, attn_implementation="eager")
+
+
+def llama_causal_lm(**overrides) -> T.LlamaForCausalLM:
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        model = T.LlamaForCausalLM(llama_config(**overrides))
+    return randomize(model, seed=7, std=0.2)

@@ -14,6 +14,7 @@ from flax import traverse_util
 
 from xformer_jax.convert import mapping, safetensors_io, tables
 from xformer_jax.models import blip2_retrieval, mae, qformer, vit
+from xformer_jax.models import llama, opt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +158,38 @@ _EVA = dict(build=_clip, table=tables.EVA_VISION, dummy_inputs=_pixels, prefix="
             fixups=_merge_eva_qv_bias)
 _BLIP2_VISION = dict(_EVA, prefix_required=True, sub_config="vision_config")
 
+
+def _token_inputs(module) -> dict:
+    return {"input_ids": jnp.zeros((1, 2), jnp.int32)}
+
+
+def _opt(cfg, overrides):
+    return opt.OPTForCausalLM(opt.config_from_hf(cfg, **overrides))
+
+
+def _llama(cfg, overrides):
+    return llama.LlamaForCausalLM(llama.config_from_hf(cfg, **overrides))
+
+
+def _decoder_llm(cfg, overrides):
+    """The language model of a composite checkpoint, by its text config's model_type."""
+    builders = {"opt": _opt, "llama": _llama}
+    kind = cfg.get("model_type")
+    if kind not in builders:
+        raise ValueError(f"language model type {kind!r} is not supported; supported: {sorted(builders)}")
+    return builders[kind](cfg, overrides)
+
+
+def _drop_tied_lm_head(tensors: dict) -> dict:
+    """A saved `lm_head.weight` equal to the token embedding is the tied head: not read. Any other is
+    read as an untied head (a config with tie_word_embeddings=true then reports it as a mismatch)."""
+    head = tensors.get("lm_head.weight")
+    embedding = tensors.get("model.decoder.embed_tokens.weight", tensors.get("model.embed_tokens.weight"))
+    if head is not None and embedding is not None and np.array_equal(head, embedding):
+        tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+    return tensors
+
+
 RECIPES: dict[str, Recipe] = {
     "CLIPVisionModel": Recipe(**_CLIP),
     "CLIPModel": Recipe(**_CLIP, prefix_required=True, sub_config="vision_config"),
@@ -187,6 +220,14 @@ RECIPES: dict[str, Recipe] = {
     "BertModel": Recipe(**_BERT, fresh=(*_QFORMER_FRESH, r"lm_head/.*")),
     "BertLMHeadModel": Recipe(**_BERT, fresh=_QFORMER_FRESH),
     "BertForMaskedLM": Recipe(**_BERT, fresh=_QFORMER_FRESH),
+    # Decoder LLMs (stage 2): the causal LM with its head, and the language model inside BLIP-2.
+    "OPTForCausalLM": Recipe(build=_opt, table=tables.OPT_CAUSAL_LM, dummy_inputs=_token_inputs,
+                             fixups=_drop_tied_lm_head),
+    "LlamaForCausalLM": Recipe(build=_llama, table=tables.LLAMA_CAUSAL_LM, dummy_inputs=_token_inputs,
+                               fixups=_drop_tied_lm_head),
+    "Blip2ForConditionalGeneration:language": Recipe(
+        build=_decoder_llm, table=[*tables.OPT_CAUSAL_LM, *tables.LLAMA_CAUSAL_LM], dummy_inputs=_token_inputs,
+        prefix="language_model.", prefix_required=True, sub_config="text_config", fixups=_drop_tied_lm_head),
 }
 # "Architecture:component" entries pick one part of a composite checkpoint (from_hf(..., component=)).
 SUPPORTED_ARCHITECTURES = tuple(name for name in RECIPES if ":" not in name)

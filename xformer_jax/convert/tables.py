@@ -108,3 +108,31 @@ BLIP2_RETRIEVAL = [
     *[(f"vision_model.{hf}", f"vision/{flax}") for hf, flax in EVA_VISION if hf != "post_layernorm"],
     *[(hf, f"qformer/{flax}") for hf, flax in BLIP2_RETRIEVAL_QFORMER],
 ]
+
+
+# HF OPTForCausalLM -> models.opt.OPTForCausalLM. `lm_head` is read only for untied heads (the
+# recipe's fixups drop a saved copy of the tied embedding).
+OPT_LAYER = {"self_attn/q_proj": "self_attn.q_proj", "self_attn/k_proj": "self_attn.k_proj",
+             "self_attn/v_proj": "self_attn.v_proj", "self_attn/out_proj": "self_attn.out_proj",
+             "self_attn_layer_norm": "self_attn_layer_norm", "fc1": "fc1", "fc2": "fc2",
+             "final_layer_norm": "final_layer_norm"}
+OPT_CAUSAL_LM = [
+    ("model.decoder.embed_tokens", "embed_tokens"),
+    ("model.decoder.embed_positions", "embed_positions"),
+    ("model.decoder.project_in", "project_in"),
+    ("model.decoder.project_out", "project_out"),
+    ("model.decoder.final_layer_norm", "final_layer_norm"),
+    *_vit_block("model.decoder.layers.{i}", "layer_{i}", OPT_LAYER),
+    ("lm_head", "lm_head"),
+]
+
+# HF LlamaForCausalLM -> models.llama.LlamaForCausalLM (RMSNorm weights become `scale`).
+LLAMA_LAYER = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
+               **{f"self_attn/{p}": f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
+               **{f"mlp/{p}": f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")}}
+LLAMA_CAUSAL_LM = [
+    ("model.embed_tokens", "embed_tokens"),
+    ("model.norm", "norm"),
+    *_vit_block("model.layers.{i}", "layer_{i}", LLAMA_LAYER),
+    ("lm_head", "lm_head"),
+]
