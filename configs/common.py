@@ -9,6 +9,9 @@ from xformer_jax.train.partitioning import default_mesh_config
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.stage = "stage1"  # "stage1": ITC + ITM + ITG (+ reconstruction); "stage2": prefix LM through a frozen LLM
+    c.init_from = ""  # stage 2: a stage-1 workdir (or its checkpoints/) whose newest weights to start from
+    c.stop_after_steps = 0  # end this invocation after N steps with a checkpoint (0 = run to total_steps)
     c.seed = 0
     c.total_steps = 1000
     c.batch_size = 64  # global, all processes together
@@ -24,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.mae = ml_collections.ConfigDict(dict(hf_dir="", params_file=""))
     c.model.qformer = ml_collections.ConfigDict(dict(bert_dir=""))
     c.model.fusion = ml_collections.ConfigDict()
+    c.model.stage2_reconstruction_weight = 0.0  # stage 2: reconstruction off unless > 0
 
     c.loss = ml_collections.ConfigDict()
     c.loss.weights = ml_collections.ConfigDict(dict(itc=1.0, itm=1.0, itg=1.0, rec=1.0))

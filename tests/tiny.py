@@ -23,3 +23,14 @@ def tiny_config(workdir, fusion: str = "xformer", placement: str = "after_qforme
     config.data.synthetic.update(num_train=48, num_val=8, num_test=8, image_size=64)
     config.optim.update(warmup_steps=1, lr=1e-3, min_lr=1e-4)
     return config
+
+
+def tiny_stage2_config(workdir, tokenizer_path: str, fusion: str = "xformer") -> ml_collections.ConfigDict:
+    """tiny_config at stage 2, with a tiny random OPT reading `tokenizer_path`'s vocabulary."""
+    config = tiny_config(workdir, fusion)
+    config.stage = "stage2"
+    config.model.llm = ml_collections.ConfigDict(dict(
+        kind="opt", hf_dir="", params_file="", vocab_size=400, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+        num_attention_heads=4, max_position_embeddings=64, pad_token_id=1, bos_token_id=2, eos_token_id=2))
+    config.data.update(llm_tokenizer_path=tokenizer_path, max_txt_len=16)
+    return config

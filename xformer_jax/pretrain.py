@@ -101,3 +101,20 @@ def pretrain_clip(config: vit.VisionConfig, batches: Iterator[dict], vocab_size:
 def _prepend(first, rest: Iterator) -> Iterator:
     yield first
     yield from rest
+
+
+def pretrain_llm(llm: nn.Module, batches: Iterator[dict], steps: int, lr: float = 1e-3, seed: int = 0):
+    """Causal-LM pretraining of a small decoder (`opt.OPTForCausalLM` / `llama.LlamaForCausalLM`) on
+    {input_ids, attention_mask} batches of text, loss on every non-pad token after the first.
+    Returns (params, per-step losses)."""
+    first = next(batches)
+    params = nn.unbox(llm.init(jax.random.key(seed), input_ids=first["input_ids"],
+                               attention_mask=first["attention_mask"]))["params"]
+
+    def loss_fn(params, batch, key):
+        del key
+        logits = llm.apply({"params": params}, input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"])["logits"]
+        labels = jnp.where(batch["attention_mask"] > 0, batch["input_ids"], -100)
+        return losses.lm_loss(logits, labels)
+    return _adamw_loop(loss_fn, params, _prepend(first, batches), steps, lr, seed)

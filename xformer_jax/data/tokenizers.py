@@ -80,10 +80,10 @@ class LLMTokenizer:
         self.tokenizer.no_truncation()
         self.bos_id = self._token_id(path, "llm_bos_token", bos_token)
         self.pad_id = self._token_id(path, "llm_pad_token", pad_token)
-        self.eos_id = self._encode("\n")[0]  # generation stops at the newline the captions end with
+        self.eos_id = self.encode("\n")[0]  # generation stops at the newline the captions end with
         self.max_len = max_len
         # The bos is never a target, also without a prompt (LAVIS masks it only when a prompt is set).
-        self.prompt_length = 1 + len(self._encode(prompt))
+        self.prompt_length = 1 + len(self.encode(prompt))
 
     def _token_id(self, path: str, key: str, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -91,14 +91,14 @@ class LLMTokenizer:
             raise ValueError(f"config.data.{key}={token!r} is not a token of {path}")
         return token_id
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         ids = np.full((len(texts), self.max_len), self.pad_id, np.int32)
         mask = np.zeros((len(texts), self.max_len), np.int32)
         for row, text in enumerate(texts):
-            tokens = ([self.bos_id] + self._encode(text + "\n"))[:self.max_len]
+            tokens = ([self.bos_id] + self.encode(text + "\n"))[:self.max_len]
             ids[row, :len(tokens)] = tokens
             mask[row, :len(tokens)] = 1
         return {"input_ids": ids, "attention_mask": mask,

@@ -34,6 +34,11 @@ class Stage1Config:
     itc_label_smoothing: float = 0.1
     itg_label_smoothing: float = 0.1
 
+    @property
+    def frozen_collections(self) -> tuple:
+        """Top-level params that never train (and have no optimizer state)."""
+        return FROZEN_COLLECTIONS
+
     def __post_init__(self):
         if self.fusion.uses_mae and self.mae is None:
             raise ValueError(f"fusion.kind={self.fusion.kind!r} needs an MAE tower (config.model.mae)")
@@ -42,10 +47,10 @@ class Stage1Config:
                              f"{self.vision.hidden_size}")
 
 
-def split_params(params: dict) -> tuple[dict, dict]:
-    """(trainable, frozen): the towers are frozen; everything else trains."""
-    frozen = {k: v for k, v in params.items() if k in FROZEN_COLLECTIONS}
-    return {k: v for k, v in params.items() if k not in FROZEN_COLLECTIONS}, frozen
+def split_params(params: dict, frozen_collections: tuple = FROZEN_COLLECTIONS) -> tuple[dict, dict]:
+    """(trainable, frozen): the towers (and at stage 2 the LLM) are frozen; everything else trains."""
+    frozen = {k: v for k, v in params.items() if k in frozen_collections}
+    return {k: v for k, v in params.items() if k not in frozen_collections}, frozen
 
 
 class Stage1Model(nn.Module):

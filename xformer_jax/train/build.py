@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import serialization, traverse_util
 
-from xformer_jax.models import fusion, mae, qformer, vit, xformer
+from xformer_jax.models import fusion, llama, mae, opt, qformer, stage2, vit, xformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 WEIGHT_SOURCES = ("hf_dir", "bert_dir", "params_file")
@@ -53,15 +53,41 @@ def _fields(cls, section: ml_collections.ConfigDict, key: str, **extra) -> Any:
     return cls(**values, **extra)
 
 
-def stage1_config(model: ml_collections.ConfigDict) -> xformer.Stage1Config:
+STAGES = ("stage1", "stage2")
+LLM_KINDS = {"opt": opt.OPTConfig, "llama": llama.LlamaConfig}
+
+
+def stage1_config(model: ml_collections.ConfigDict, cls=xformer.Stage1Config, **extra) -> xformer.Stage1Config:
     dtype = dtype_of(model.dtype, "config.model.dtype")
     fusion_cfg = _fields(fusion.FusionConfig, model.fusion, "config.model.fusion", dtype=dtype)
-    return xformer.Stage1Config(
+    return cls(
         vision=_fields(vit.VisionConfig, model.vision, "config.model.vision", dtype=dtype),
         qformer=_fields(qformer.QFormerConfig, model.qformer, "config.model.qformer", dtype=dtype),
         fusion=fusion_cfg,
         mae=_fields(mae.MAEConfig, model.mae, "config.model.mae", dtype=dtype) if fusion_cfg.uses_mae else None,
+        **extra,
     )
+
+
+def stage2_config(model: ml_collections.ConfigDict) -> stage2.Stage2Config:
+    llm = model.llm.to_dict()
+    kind = llm.pop("kind", None)
+    if kind not in LLM_KINDS:
+        raise ValueError(f"config.model.llm.kind={kind!r} is not one of {sorted(LLM_KINDS)}")
+    llm_config = _fields(LLM_KINDS[kind], ml_collections.ConfigDict(llm), "config.model.llm",
+                         dtype=dtype_of(model.dtype, "config.model.dtype"))
+    return stage1_config(model, stage2.Stage2Config, llm=llm_config,
+                         reconstruction_weight=float(model.get("stage2_reconstruction_weight", 0.0)))
+
+
+def model_config(config: ml_collections.ConfigDict) -> xformer.Stage1Config:
+    if config.stage not in STAGES:
+        raise ValueError(f"config.stage={config.stage!r} is not one of {STAGES}")
+    return stage1_config(config.model) if config.stage == "stage1" else stage2_config(config.model)
+
+
+def make_model(config: xformer.Stage1Config) -> xformer.Stage1Model:
+    return stage2.Stage2Model(config) if isinstance(config, stage2.Stage2Config) else xformer.Stage1Model(config)
 
 
 def dummy_batch(config: xformer.Stage1Config, batch: int = 2) -> dict:
@@ -69,6 +95,8 @@ def dummy_batch(config: xformer.Stage1Config, batch: int = 2) -> dict:
     v = config.vision
     out = {"pixel_values": jnp.zeros((batch, v.num_channels, v.image_size, v.image_size), jnp.float32),
            "input_ids": jnp.ones((batch, 8), jnp.int32), "attention_mask": jnp.ones((batch, 8), jnp.int32)}
+    if isinstance(config, stage2.Stage2Config):
+        out["labels"] = jnp.ones((batch, 8), jnp.int32)
     if config.mae is not None:
         m = config.mae
         out["mae_pixel_values"] = jnp.zeros((batch, m.num_channels, m.image_size, m.image_size), jnp.float32)
@@ -80,6 +108,9 @@ def init_fn(model: xformer.Stage1Model, config: xformer.Stage1Config):
     batch = dummy_batch(config)
 
     def init(rng):
+        if "labels" in batch:
+            return model.init(rng, batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                              batch["labels"], mae_pixel_values=batch.get("mae_pixel_values"), mask_rng=rng)["params"]
         return model.init(rng, batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
                           mae_pixel_values=batch.get("mae_pixel_values"), mask_rng=rng, itm_rng=rng)["params"]
     return init
@@ -90,10 +121,14 @@ def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage
     from xformer_jax.convert import from_hf, load_hf  # numpy only; imported here to keep start-up light
 
     parts = {}
-    for name in ("vision", "mae"):
-        path = model_cfg[name].get("params_file")
-        if path and (name == "vision" or config.mae is not None):
+    for name in ("vision", "mae", "llm"):
+        path = model_cfg[name].get("params_file") if name in model_cfg else None
+        if path and (name != "mae" or config.mae is not None):
             parts[name] = load_params(path, f"config.model.{name}.params_file")
+    if isinstance(config, stage2.Stage2Config) and model_cfg.llm.get("hf_dir"):
+        module, params = from_hf(model_cfg.llm.hf_dir)
+        _check_config(module.config, config.llm, "config.model.llm", model_cfg.llm.hf_dir)
+        parts["llm"] = params
     if model_cfg.vision.get("hf_dir"):
         module, params = from_hf(model_cfg.vision.hf_dir, component=_vision_component(model_cfg.vision.hf_dir))
         _check_config(module.config, config.vision, "config.model.vision", model_cfg.vision.hf_dir)
@@ -116,6 +151,24 @@ def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage
         logging.info("Q-Former from %s: %s", bert_dir, report)
         parts["qformer"] = params
     return parts
+
+
+def stage1_checkpoint_params(path: str) -> dict:
+    """Every param (trainable and frozen) of the newest stage-1 checkpoint in a workdir or
+    checkpoints directory, restored as host arrays: what stage 2 starts from."""
+    import orbax.checkpoint as ocp
+    directory = path if os.path.basename(os.path.normpath(path)) == "checkpoints" else os.path.join(path, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"config.init_from: no checkpoints directory at {directory}")
+    with ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"config.init_from: no finalized checkpoint in {directory}")
+        metadata = manager.item_metadata(step)["state"]
+        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata.tree)
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    logging.info("stage-1 weights from %s step %d", directory, step)
+    return {**state["params"], **state["frozen"]}
 
 
 def save_params(path: str, params) -> None:
@@ -159,6 +212,9 @@ def merge_pretrained(params: dict, parts: dict) -> dict:
     """
     merged = dict(params)
     for name, loaded in parts.items():
+        if name not in params:
+            raise ValueError(f"pretrained weights for {name!r}, which the configured model does not have "
+                             f"(it has {sorted(params)})")
         target = traverse_util.flatten_dict(params[name], sep="/")
         source = traverse_util.flatten_dict(loaded, sep="/")
         missing = sorted(set(target) - set(source))

@@ -4,14 +4,18 @@ Contract (DESIGN.md): WORKDIR/metrics.jsonl gets one JSON object per logged step
 loss_* term, lr, examples_per_sec, data/skipped, ...); TensorBoard events go to WORKDIR/tb; orbax
 checkpoints (train state + data iterator position) to WORKDIR/checkpoints. Rerunning the same command
 resumes from the newest checkpoint. SIGTERM saves a checkpoint and returns normally; a non-finite
-loss raises NonFiniteLoss naming the step and term, before anything of that step is saved.
+loss (or gradient norm) raises NonFiniteLoss naming the step and term, before anything of that step
+is saved (pending checkpoint writes of earlier steps are finished first). `config.stop_after_steps`
+(optional, 0 = off) ends a run after that many steps of this invocation with a checkpoint, so long
+schedules can run in chunks: rerun the same command to go on.
 """
 import dataclasses
 import functools
 import logging
 import math
+import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,7 +29,7 @@ from xformer_jax.train import build, checkpointing, metrics as metrics_lib, opti
 from xformer_jax.train.preemption import PreemptionGuard
 from xformer_jax.train.state import TrainState, state_shardings
 
-MODEL_INPUTS = ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask", "image_ids")
+MODEL_INPUTS = ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask", "labels", "image_ids")
 HOST_METRICS = ("data/skipped", "data/skipped_shards")
 
 
@@ -61,6 +65,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{key}={value!r} must be a positive int")
     if config.eval_every < 0:
         raise ValueError(f"config.eval_every={config.eval_every!r} must be >= 0 (0 = no evaluation)")
+    stop_after = config.get("stop_after_steps", 0)
+    if not isinstance(stop_after, int) or stop_after < 0:
+        raise ValueError(f"config.stop_after_steps={stop_after!r} must be an int >= 0 (0 = run to total_steps)")
 
 
 def _cast_frozen(frozen, dtype_name: str):
@@ -68,23 +75,30 @@ def _cast_frozen(frozen, dtype_name: str):
     return jax.tree.map(lambda x: x.astype(dtype), frozen)
 
 
-def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True) -> Trainer:
-    """The sharded initial state (pretrained components merged) and the jitted step."""
+def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True,
+                 devices: Optional[Sequence[jax.Device]] = None) -> Trainer:
+    """The sharded initial state (pretrained components merged) and the jitted step.
+
+    `devices` (default: all) are the devices the mesh spans, e.g. `jax.devices()[:1]`."""
     validate(config)
-    mesh = partitioning.make_mesh(config.mesh)
+    mesh = partitioning.make_mesh(config.mesh, devices)
     rules = partitioning.logical_rules(config.mesh)
-    model_config = build.stage1_config(config.model)
-    model = xformer.Stage1Model(model_config)
+    model_config = build.model_config(config)
+    model = build.make_model(model_config)
     init = build.init_fn(model, model_config)
     rng = jax.random.key(config.seed)
-    pretrained = build.pretrained_parts(config.model, model_config) if load_pretrained else {}
+    pretrained = {}
+    if load_pretrained:
+        if config.get("init_from"):
+            pretrained.update(build.stage1_checkpoint_params(config.init_from))
+        pretrained.update(build.pretrained_parts(config.model, model_config))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract = jax.eval_shape(init, rng)
         shardings = partitioning.param_shardings(abstract, mesh, rules)
         params = partitioning.init_sharded(init, shardings, rng)
     params = build.merge_pretrained(params, pretrained)
-    trainable, frozen = xformer.split_params(params)
-    trainable_sh, frozen_sh = xformer.split_params(shardings)
+    trainable, frozen = xformer.split_params(params, model_config.frozen_collections)
+    trainable_sh, frozen_sh = xformer.split_params(shardings, model_config.frozen_collections)
     frozen = _cast_frozen(frozen, config.model.frozen_dtype)
 
     tx = optimizer.make_optimizer(config.optim, config.total_steps)
@@ -94,7 +108,10 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     sharding = state_shardings(abstract_state, trainable_sh, frozen_sh, mesh)
     state = jax.jit(create, out_shardings=sharding)(trainable, frozen, rng)
 
-    loss_fn = steps.make_stage1_loss(model, config.loss, mesh)
+    if config.stage == "stage2":
+        loss_fn = steps.make_stage2_loss(model)
+    else:
+        loss_fn = steps.make_stage1_loss(model, config.loss, mesh)
     step = steps.make_train_step(loss_fn, tx, schedule, config.optim.accum_steps)
     batch_sh = partitioning.batch_sharding(mesh)
     step_fn = jax.jit(step, in_shardings=(sharding, batch_sh), out_shardings=(sharding, partitioning.replicated(mesh)),
@@ -102,11 +119,26 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     return Trainer(config, mesh, model, state, sharding, step_fn, loss_fn)
 
 
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """WORKDIR/config.json: what evaluation, generation and export rebuild the model from."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
 def check_finite(step: int, metrics: dict) -> None:
-    for key, value in metrics.items():
-        if key.startswith("loss") and not math.isfinite(float(value)):
-            raise NonFiniteLoss(f"step {step}: {key} is {float(value)}; stopping. The last checkpoint "
-                                "(if any) was saved before this step and is intact.")
+    """NonFiniteLoss naming the step and every non-finite loss term. grad_norm is checked too: a
+    finite loss with non-finite gradients has already poisoned the updated state."""
+    checked = sorted(k for k in metrics if k.startswith("loss")) + [k for k in ("grad_norm",) if k in metrics]
+    bad = {key: float(metrics[key]) for key in checked if not math.isfinite(float(metrics[key]))}
+    if bad:
+        terms = ", ".join(f"{key} is {value}" for key, value in bad.items())
+        raise NonFiniteLoss(f"step {step}: {terms}; stopping. The last checkpoint (if any) was saved "
+                            "before this step and is intact.")
 
 
 def host_metrics(local: dict) -> dict:
@@ -120,45 +152,64 @@ def host_metrics(local: dict) -> dict:
 
 def train(config: ml_collections.ConfigDict, workdir: str,
           eval_hook: Optional[Callable[[Trainer, TrainState], dict]] = None) -> TrainState:
-    """Runs (or resumes) training to config.total_steps; returns the final state."""
+    """Runs (or resumes) training to config.total_steps (or config.stop_after_steps more steps);
+    returns the final state."""
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
-    data_iter = pipeline.make_train_iterator(config)
-    state = trainer.state
-    start = checkpoints.latest_step() or 0
-    if start:
-        target = partitioning.with_shardings(jax.eval_shape(lambda s: s, state), trainer.state_shardings)
-        state = checkpoints.restore(start, target, data_iter)
+    save_config(config, workdir)
+    try:
+        data_iter = pipeline.make_train_iterator(config)
+        state = trainer.state
+        start = checkpoints.latest_step() or 0
+        if start:
+            target = partitioning.with_shardings(jax.eval_shape(lambda s: s, state), trainer.state_shardings)
+            state = checkpoints.restore(start, target, data_iter)
+            logging.info("resumed from step %d (%s)", start, checkpoints.directory)
+        # Also at step 0: a run that crashed before its first checkpoint leaves lines to drop.
         writer.truncate_after(start)
-        logging.info("resumed from step %d (%s)", start, checkpoints.directory)
-    if start >= config.total_steps:
-        logging.info("already at step %d of %d: nothing to do", start, config.total_steps)
-    last_log = (time.perf_counter(), start)
-    with PreemptionGuard() as guard:
-        for step in range(start + 1, config.total_steps + 1):
-            local = next(data_iter)
-            state, step_metrics = trainer.step_fn(state, trainer.global_batch(local))
-            step_metrics = jax.device_get(step_metrics)
-            check_finite(step, step_metrics)
-            if step % config.log_every == 0 or step == config.total_steps:
-                now = time.perf_counter()
-                rate = config.batch_size * (step - last_log[1]) / max(now - last_log[0], 1e-9)
-                last_log = (now, step)
-                record = {**{k: float(v) for k, v in step_metrics.items()}, **host_metrics(local),
-                          "examples_per_sec": rate}
-                writer.write(step, record)
-                writer.progress_line(step, record, rate)
-            if eval_hook is not None and config.eval_every and step % config.eval_every == 0:
-                writer.write(step, {f"eval/{k}": v for k, v in eval_hook(trainer, state).items()})
-            stop = guard.should_stop()
-            checkpoints.save(step, state, data_iter, force=stop or step == config.total_steps)
-            if stop:
-                logging.warning("preemption requested: checkpoint saved at step %d, exiting", step)
-                break
-    checkpoints.close()
-    writer.close()
+        if start >= config.total_steps:
+            logging.info("already at step %d of %d: nothing to do", start, config.total_steps)
+        stop_after = config.get("stop_after_steps", 0)
+        end = min(config.total_steps, start + stop_after) if stop_after else config.total_steps
+        last_log = (time.perf_counter(), start)
+        with PreemptionGuard() as guard:
+            for step in range(start + 1, end + 1):
+                local = next(data_iter)
+                state, step_metrics = trainer.step_fn(state, trainer.global_batch(local))
+                step_metrics = jax.device_get(step_metrics)
+                check_finite(step, step_metrics)
+                if step % config.log_every == 0 or step == config.total_steps:
+                    now = time.perf_counter()
+                    rate = config.batch_size * (step - last_log[1]) / max(now - last_log[0], 1e-9)
+                    last_log = (now, step)
+                    record = {**{k: float(v) for k, v in step_metrics.items()}, **host_metrics(local),
+                              "examples_per_sec": rate}
+                    writer.write(step, record)
+                    writer.progress_line(step, record, rate)
+                if eval_hook is not None and config.eval_every and step % config.eval_every == 0:
+                    writer.write(step, {f"eval/{k}": v for k, v in eval_hook(trainer, state).items()})
+                stop = guard.should_stop()
+                checkpoints.save(step, state, data_iter, force=stop or step == end)
+                if stop:
+                    logging.warning("preemption requested: checkpoint saved at step %d, exiting", step)
+                    break
+            else:
+                if end < config.total_steps:
+                    logging.info("config.stop_after_steps=%d: stopped at step %d of %d (checkpoint saved)",
+                                 stop_after, end, config.total_steps)
+    finally:
+        # Finishes pending (async) checkpoint writes, also when a step raised (NonFiniteLoss).
+        checkpoints.close()
+        writer.close()
     return state
+
+
+def _all_processes(flag: bool) -> bool:
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(np.all(multihost_utils.process_allgather(np.array(flag))))
 
 
 def eval_losses(config: ml_collections.ConfigDict, num_batches: int) -> Callable[[Trainer, Any], dict]:
@@ -171,8 +222,8 @@ def eval_losses(config: ml_collections.ConfigDict, num_batches: int) -> Callable
         for local in dataset:
             if count == num_batches:
                 break
-            if not np.all(local["mask"]):
-                continue
+            if not _all_processes(bool(np.all(local["mask"]))):
+                continue  # a padded batch somewhere: every process skips it (the loss is a collective)
             _, values = loss(state.params, state.frozen, trainer.global_batch(local), jax.random.key(0))
             for k, v in jax.device_get(values).items():
                 totals[k] = totals.get(k, 0.0) + float(v)

@@ -69,3 +69,16 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
         metrics = dict(metrics, lr=schedule(state.step), grad_norm=optax.global_norm(grads))
         return new_state, metrics
     return step
+
+
+def make_stage2_loss(model) -> Callable:
+    """Stage 2: the LLM's prefix LM loss (+ reconstruction, weighted by the model config, when set)."""
+    weights = {"lm": 1.0, "rec": model.config.reconstruction_weight}
+
+    def loss_fn(params, frozen, batch, rng):
+        out = model.apply({"params": {**params, **frozen}}, batch["pixel_values"], batch["input_ids"],
+                          batch["attention_mask"], batch["labels"], mae_pixel_values=batch.get("mae_pixel_values"),
+                          mask_rng=rng)
+        total, terms = losses.total_loss(out, {k: v for k, v in weights.items() if k in out})
+        return total, {"loss": total, **{f"loss_{k}": v for k, v in terms.items()}}
+    return loss_fn

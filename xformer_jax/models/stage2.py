@@ -1,0 +1,85 @@
+"""Stage2Model: the stage-1 model's queries Z' -> one Linear -> a frozen decoder LLM (REFERENCE.md §5).
+
+inputs_embeds = [llm_proj(Z'); embed(tokens)], attention mask = [ones(Q); text mask], labels -100 on
+the Q query positions (the data pipeline already put -100 on the prompt, its bos and padding), and
+HF's causal-LM loss. Stage2Model extends Stage1Model, so its param tree keeps stage 1's names
+(vision, mae, qformer, fusion) plus `llm` and `llm_proj`: a stage-1 checkpoint hands over directly.
+Only the Q-Former's query path runs (as in LAVIS's blip2_opt), so its text-only parts are not in
+this tree. The towers and the LLM are frozen; Q-Former, fusion and llm_proj train. MAE masking
+defaults to 0 at stage 2 and the reconstruction loss is off unless `reconstruction_weight` > 0
+(then masking uses `fusion.mask_ratio`).
+"""
+import dataclasses
+from typing import Optional, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from xformer_jax import losses
+from xformer_jax.data.tokenizers import IGNORE_INDEX
+from xformer_jax.models import layers, llama, opt, xformer
+
+LLMConfig = Union[opt.OPTConfig, llama.LlamaConfig]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Config(xformer.Stage1Config):
+    llm: Optional[LLMConfig] = None
+    reconstruction_weight: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.llm is None:
+            raise ValueError("stage 2 needs an LLM (config.model.llm)")
+
+    @property
+    def frozen_collections(self) -> tuple:
+        return (*super().frozen_collections, "llm")
+
+
+def llm_module(config: LLMConfig, name: str = "llm") -> nn.Module:
+    cls = opt.OPTForCausalLM if isinstance(config, opt.OPTConfig) else llama.LlamaForCausalLM
+    return cls(config, name=name)
+
+
+class Stage2Model(xformer.Stage1Model):
+    config: Stage2Config
+
+    def setup(self):
+        super().setup()
+        c = self.config
+        self.llm = llm_module(c.llm)
+        width = c.llm.word_embed_proj_dim or c.llm.hidden_size
+        self.llm_proj = layers.dense(width, ("embed", "mlp"), "llm_proj", c.qformer.dtype)
+
+    def prefix(self, pixel_values, mae_pixel_values=None, mask_rng=None):
+        """The projected queries (B, Q, LLM width) and, when reconstructing, the reconstruction loss."""
+        c = self.config
+        ratio = c.fusion.mask_ratio if c.reconstruction_weight > 0 else 0.0
+        images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, mask_ratio=ratio)
+        queries, _, mae_out = self.query_states(images)
+        rec = None
+        if c.reconstruction_weight > 0 and c.fusion.reconstructs:
+            rec, _ = self.reconstruct(mae_out, images, mae_pixel_values)
+        return self.llm_proj(queries), rec
+
+    def inputs(self, prefix, input_ids, attention_mask):
+        embeds = jnp.concatenate([prefix.astype(jnp.float32), self.llm.embed(input_ids).astype(jnp.float32)], axis=1)
+        mask = jnp.concatenate([jnp.ones(prefix.shape[:2], jnp.int32), attention_mask.astype(jnp.int32)], axis=1)
+        return embeds, mask
+
+    def __call__(self, pixel_values, input_ids, attention_mask, labels, mae_pixel_values=None, mask_rng=None):
+        """{"lm": causal-LM loss[, "rec": reconstruction loss]}, float32."""
+        prefix, rec = self.prefix(pixel_values, mae_pixel_values, mask_rng)
+        embeds, mask = self.inputs(prefix, input_ids, attention_mask)
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask)["logits"]
+        full_labels = jnp.concatenate([jnp.full(prefix.shape[:2], IGNORE_INDEX, labels.dtype), labels], axis=1)
+        out = {"lm": losses.lm_loss(logits, full_labels)}
+        if rec is not None:
+            out["rec"] = rec
+        return out
+
+    def prompt_embeddings(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None):
+        """(inputs_embeds, attention mask) for generation: [queries; prompt tokens], MAE unmasked."""
+        prefix, _ = self.prefix(pixel_values, mae_pixel_values)
+        return self.inputs(prefix, input_ids, attention_mask)
