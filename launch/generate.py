@@ -1,0 +1,47 @@
+"""Caption image files, or answer a question about them, with a trained stage-2 run.
+
+  launch/generate.py --workdir=workdir/stage2 --images=a.png,b.jpg
+  launch/generate.py --workdir=workdir/stage2 --images=a.png --question="how many circles are there?"
+Prints one JSON object per image. Decoding: beam search (BLIP-2: 5 beams), stopped at "\\n".
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a stage-2 directory written by launch/train.py")
+    parser.add_argument("--images", required=True, help="comma-separated image files")
+    parser.add_argument("--question", default=None, help="answer this question instead of captioning")
+    parser.add_argument("--num_beams", type=int, default=5)
+    parser.add_argument("--max_new_tokens", type=int, default=20)
+    args = parser.parse_args()
+
+    from PIL import Image, UnidentifiedImageError
+
+    from xformer_jax.inference import Captioner
+    paths = [p for p in args.images.split(",") if p]
+    images = []
+    for path in paths:
+        try:
+            images.append(Image.open(path).convert("RGB"))
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+            parser.error(f"--images: cannot read {path} ({e})")
+    captioner = Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    if args.question:
+        outputs = captioner.vqa(images, [args.question] * len(images))
+        key = "answer"
+    else:
+        outputs = captioner.caption(images)
+        key = "caption"
+    for path, text in zip(paths, outputs):
+        print(json.dumps({"image": path, key: text, **({"question": args.question} if args.question else {})}))
+
+
+if __name__ == "__main__":
+    main()
