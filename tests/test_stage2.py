@@ -1,5 +1,8 @@
 """Stage 2: the prefix LM loss against a reference, overfitting, the stage-1 hand-over, generation."""
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,6 +16,8 @@ from xformer_jax.inference import Captioner
 from xformer_jax import pretrain
 from xformer_jax.models import stage2
 from xformer_jax.train import build, loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +117,10 @@ def test_stage1_checkpoint_hands_over_and_stage2_trains_and_generates(setup):
     answers = captioner.vqa([image], ["how many circles are there?"])
     assert len(captions) == 2 and captions[0] == captions[1] and captions[0].startswith("a photo of")
     assert len(answers) == 1 and isinstance(answers[0], str)
+
+    image_path = sorted((workdir / "data" / "images" / "val").iterdir())[0]
+    result = subprocess.run([sys.executable, "launch/generate.py", f"--workdir={stage2_dir}", f"--images={image_path}",
+                             "--num_beams=2", "--max_new_tokens=4"], capture_output=True, text=True, cwd=REPO,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["caption"] == captions[0]
