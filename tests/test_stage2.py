@@ -124,3 +124,16 @@ def test_stage1_checkpoint_hands_over_and_stage2_trains_and_generates(setup):
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["caption"] == captions[0]
+
+    data = workdir / "data"
+    out = workdir / "eval_vqa"
+    result = subprocess.run([sys.executable, "launch/evaluate.py", "vqa", f"--workdir={stage2_dir}",
+                             f"--questions={data}/annotations/vqa_val.json", f"--image_root={data}",
+                             f"--annotations={data}/annotations/vqa_val_annotations.json", f"--out={out}",
+                             "--limit=8", "--num_beams=2", "--max_new_tokens=3"],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0.0 <= scores["accuracy"] <= 100.0 and set(scores["per_question_type"]) <= {"count", "color", "position",
+                                                                                       "exists"}
+    assert len(json.load(open(out / "predictions.json"))) == 8
