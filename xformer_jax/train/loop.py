@@ -75,48 +75,76 @@ def _cast_frozen(frozen, dtype_name: str):
     return jax.tree.map(lambda x: x.astype(dtype), frozen)
 
 
-def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True,
-                 devices: Optional[Sequence[jax.Device]] = None) -> Trainer:
-    """The sharded initial state (pretrained components merged) and the jitted step.
+@dataclasses.dataclass
+class Blueprint:
+    """Everything about a run that needs no weights: what make_trainer fills in and launch/plan.py
+    compiles abstractly."""
+    mesh: Any
+    rules: Any
+    model_config: Any
+    model: Any
+    init: Callable  # rng -> boxed params
+    param_shardings: Any
 
-    `devices` (default: all) are the devices the mesh spans, e.g. `jax.devices()[:1]`."""
+
+def blueprint(config: ml_collections.ConfigDict, devices: Optional[Sequence[jax.Device]] = None) -> Blueprint:
     validate(config)
     mesh = partitioning.make_mesh(config.mesh, devices)
     rules = partitioning.logical_rules(config.mesh)
     model_config = build.model_config(config)
     model = build.make_model(model_config)
     init = build.init_fn(model, model_config)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract = jax.eval_shape(init, jax.random.key(config.seed))
+        shardings = partitioning.param_shardings(abstract, mesh, rules)
+    return Blueprint(mesh, rules, model_config, model, init, shardings)
+
+
+def state_and_step(config: ml_collections.ConfigDict, plan: Blueprint, params) -> tuple[Callable, Any, Callable, Callable]:
+    """(create(trainable, frozen, rng) -> TrainState, state shardings, jitted step, loss_fn) for `params`
+    (real or abstract, unboxed)."""
+    frozen_names = plan.model_config.frozen_collections
+    trainable, frozen = xformer.split_params(params, frozen_names)
+    trainable_sh, frozen_sh = xformer.split_params(plan.param_shardings, frozen_names)
+    tx = optimizer.make_optimizer(config.optim, config.total_steps)
+    schedule = optimizer.lr_schedule(config.optim, config.total_steps)
+    create = functools.partial(TrainState.create, tx=tx)
+    abstract_state = jax.eval_shape(create, trainable, frozen, jax.random.key(config.seed))
+    sharding = state_shardings(abstract_state, trainable_sh, frozen_sh, plan.mesh)
+    if config.stage == "stage2":
+        loss_fn = steps.make_stage2_loss(plan.model)
+    else:
+        loss_fn = steps.make_stage1_loss(plan.model, config.loss, plan.mesh)
+    loss_fn = partitioning.with_logical_rules(loss_fn, plan.mesh, plan.rules)
+    step = partitioning.with_logical_rules(steps.make_train_step(loss_fn, tx, schedule, config.optim.accum_steps),
+                                           plan.mesh, plan.rules)
+    batch_sh = partitioning.batch_sharding(plan.mesh)
+    step_fn = jax.jit(step, in_shardings=(sharding, batch_sh),
+                      out_shardings=(sharding, partitioning.replicated(plan.mesh)), donate_argnums=(0,))
+    return create, sharding, step_fn, loss_fn
+
+
+def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True,
+                 devices: Optional[Sequence[jax.Device]] = None) -> Trainer:
+    """The sharded initial state (pretrained components merged) and the jitted step.
+
+    `devices` (default: all) are the devices the mesh spans, e.g. `jax.devices()[:1]`."""
+    plan = blueprint(config, devices)
     rng = jax.random.key(config.seed)
     pretrained = {}
     if load_pretrained:
         if config.get("init_from"):
             pretrained.update(build.stage1_checkpoint_params(config.init_from))
-        pretrained.update(build.pretrained_parts(config.model, model_config))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        abstract = jax.eval_shape(init, rng)
-        shardings = partitioning.param_shardings(abstract, mesh, rules)
-        params = partitioning.init_sharded(init, shardings, rng)
+        pretrained.update(build.pretrained_parts(config.model, plan.model_config))
+    with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
+        params = partitioning.init_sharded(plan.init, plan.param_shardings, rng)
     params = build.merge_pretrained(params, pretrained)
-    trainable, frozen = xformer.split_params(params, model_config.frozen_collections)
-    trainable_sh, frozen_sh = xformer.split_params(shardings, model_config.frozen_collections)
-    frozen = _cast_frozen(frozen, config.model.frozen_dtype)
-
-    tx = optimizer.make_optimizer(config.optim, config.total_steps)
-    schedule = optimizer.lr_schedule(config.optim, config.total_steps)
-    create = functools.partial(TrainState.create, tx=tx)
-    abstract_state = jax.eval_shape(create, trainable, frozen, rng)
-    sharding = state_shardings(abstract_state, trainable_sh, frozen_sh, mesh)
+    frozen_names = plan.model_config.frozen_collections
+    params = {k: _cast_frozen(v, config.model.frozen_dtype) if k in frozen_names else v for k, v in params.items()}
+    create, sharding, step_fn, loss_fn = state_and_step(config, plan, params)
+    trainable, frozen = xformer.split_params(params, frozen_names)
     state = jax.jit(create, out_shardings=sharding)(trainable, frozen, rng)
-
-    if config.stage == "stage2":
-        loss_fn = steps.make_stage2_loss(model)
-    else:
-        loss_fn = steps.make_stage1_loss(model, config.loss, mesh)
-    step = steps.make_train_step(loss_fn, tx, schedule, config.optim.accum_steps)
-    batch_sh = partitioning.batch_sharding(mesh)
-    step_fn = jax.jit(step, in_shardings=(sharding, batch_sh), out_shardings=(sharding, partitioning.replicated(mesh)),
-                      donate_argnums=(0,))
-    return Trainer(config, mesh, model, state, sharding, step_fn, loss_fn)
+    return Trainer(config, plan.mesh, plan.model, state, sharding, step_fn, loss_fn)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

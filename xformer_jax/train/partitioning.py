@@ -13,6 +13,7 @@ Typical use (the model's init is traced once abstractly, then run straight into 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, Callable, Optional, Sequence
@@ -176,3 +177,14 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying `shardings`: the target tree for `jax.jit` outputs or orbax restore."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         abstract, shardings)
+
+
+def with_logical_rules(fn: Callable, mesh: Mesh, rules: Rules) -> Callable:
+    """`fn` traced with the mesh and the logical axis rules in context, so the models'
+    `nn.with_logical_constraint`s become sharding constraints (without them they are no-ops and XLA
+    may replicate activations, e.g. the ITM pass over the gathered hard negatives on every device)."""
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+    return wrapped

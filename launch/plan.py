@@ -1,0 +1,273 @@
+"""Compile the stage-1 train step for a simulated mesh and print per-device memory and FLOPs per step.
+
+  launch/plan.py --config=configs/paper.py:stage1 --devices=64 [--hbm_gib=32] [--config.KEY=VALUE ...]
+  launch/plan.py --config=configs/paper.py:stage1 --devices=32 --config.batch_size=1664 \
+      --config.mesh.data=2 --config.mesh.fsdp=16 --config.model.qformer.remat=True
+
+No weights and no data: the state comes from `jax.eval_shape`, the batch is ShapeDtypeStructs carrying
+the batch sharding, and the step is `jax.jit(...).lower(abstract...).compile()` with the same
+in/out shardings and donation as `xformer_jax.train.loop.make_trainer`. The mesh is N fake CPU devices
+(the script sets XLA_FLAGS=--xla_force_host_platform_device_count=N itself, before JAX starts).
+
+The step is traced, as in training, with the mesh and config.mesh.rules in context, so the models'
+activation sharding constraints apply.
+The global batch must divide over data * fsdp (1680 does not over 32 or 64 devices: the error names
+the nearest sizes that do). LLVM optimisation of the never-run CPU code is skipped (--fast_compile).
+
+Prints a table and, as its last line, one JSON object. Memory comes from XLA's buffer assignment
+for the *CPU* backend (`compiled.memory_analysis()`): argument, output, alias (donated) and temp
+bytes per device, and the peak estimate argument + output - alias + temp. TPU / GPU compilers fuse,
+lay out and rematerialise differently, so read it as an estimate (typically within tens of percent),
+not a guarantee. FLOPs are `compiled.cost_analysis()["flops"]` of the partitioned (per-device)
+program; the total is that times the device count.
+"""
+import os
+import re
+import sys
+
+
+def _devices_from_argv(argv) -> int:
+    """--devices=N (or --devices N) read before absl parses flags: XLA needs it before JAX starts."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg.startswith("--devices="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--devices" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                raise SystemExit(f"--devices={value!r} must be a positive integer")
+    return 8
+
+
+def _force_cpu_devices(n: int) -> None:
+    if n < 1:
+        raise SystemExit(f"--devices={n} must be a positive integer")
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = f"{flags.strip()} --xla_force_host_platform_device_count={n}".strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+if __name__ == "__main__":
+    _force_cpu_devices(_devices_from_argv(sys.argv))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from xformer_jax.models import xformer  # noqa: E402
+from xformer_jax.train import build, loop, partitioning  # noqa: E402
+
+GIB = 1024 ** 3
+# The CPU executable is never run: skip LLVM's expensive optimisation of the generated code. HLO
+# passes, buffer assignment (memory_analysis) and cost_analysis are unaffected (same figures).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@dataclasses.dataclass
+class AbstractTrainer:
+    """What `loop.make_trainer` builds, with ShapeDtypeStructs in place of arrays."""
+    mesh: Any
+    model: xformer.Stage1Model
+    state: Any  # TrainState of ShapeDtypeStructs carrying their shardings
+    batch: dict  # ShapeDtypeStructs carrying the batch sharding
+    step_fn: Any  # the jitted step, same shardings and donation as make_trainer's
+
+
+def check_batch(config: ml_collections.ConfigDict, mesh) -> int:
+    """The global batch must split evenly over the batch shards (data * fsdp, DCN included)."""
+    shards = math.prod(mesh.shape[a] for a in partitioning.BATCH_AXES)
+    batch = config.batch_size
+    if batch % shards:
+        lower, upper = batch // shards * shards, -(-batch // shards) * shards
+        raise ValueError(f"config.batch_size={batch} does not divide over the {shards} batch shards "
+                         f"(mesh data * fsdp = {dict(mesh.shape)}); nearest that do: "
+                         f"{lower or upper} or {upper}")
+    per_shard = batch // shards
+    accum = config.optim.accum_steps
+    if per_shard % accum:
+        raise ValueError(f"config.optim.accum_steps={accum} does not divide the per-device batch {per_shard}")
+    return per_shard
+
+
+def abstract_batch(config: ml_collections.ConfigDict, model_config: xformer.Stage1Config, sharding) -> dict:
+    """The global batch `Trainer.global_batch` hands the step, as ShapeDtypeStructs.
+
+    The pipeline always emits mae_pixel_values (the step ignores it for blip2), so it is always here.
+    """
+    b, v = config.batch_size, model_config.vision
+    mae_size = model_config.mae.image_size if model_config.mae is not None else (
+        config.data.mae_image_size or config.data.image_size)
+
+    def spec(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    batch = {"pixel_values": spec((b, v.num_channels, v.image_size, v.image_size), jnp.float32),
+             "mae_pixel_values": spec((b, 3, mae_size, mae_size), jnp.float32),
+             "input_ids": spec((b, config.data.max_len), jnp.int32),
+             "attention_mask": spec((b, config.data.max_len), jnp.int32)}
+    if config.loss.use_image_ids:
+        batch["image_ids"] = spec((b,), jnp.int32)
+    return batch
+
+
+def abstract_trainer(config: ml_collections.ConfigDict) -> AbstractTrainer:
+    """`loop.make_trainer` without allocating anything: same mesh, shardings, state layout and step."""
+    plan = loop.blueprint(config)
+    check_batch(config, plan.mesh)
+    params = partitioning.unbox(jax.eval_shape(plan.init, jax.random.key(config.seed)))
+    frozen_names = plan.model_config.frozen_collections
+    params = {k: jax.eval_shape(lambda f: loop._cast_frozen(f, config.model.frozen_dtype), v) if k in frozen_names
+              else v for k, v in params.items()}
+    create, sharding, step_fn, _ = loop.state_and_step(config, plan, params)
+    trainable, frozen = xformer.split_params(params, frozen_names)
+    abstract_state = jax.eval_shape(create, trainable, frozen, jax.random.key(config.seed))
+    mesh, model, model_config = plan.mesh, plan.model, plan.model_config
+    batch_sh = partitioning.batch_sharding(mesh)
+    return AbstractTrainer(mesh, model, partitioning.with_shardings(abstract_state, sharding),
+                           abstract_batch(config, model_config, batch_sh), step_fn)
+
+
+def _count(tree) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard per leaf)."""
+    return int(sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree)))
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else {}
+    return cost or {}
+
+
+def plan(config: ml_collections.ConfigDict, hbm_gib: float = 32.0, fast_compile: bool = True) -> dict:
+    """Lowers and compiles the step abstractly; returns the figures as a JSON-able dict."""
+    t0 = time.perf_counter()
+    trainer = abstract_trainer(config)
+    t1 = time.perf_counter()
+    lowered = trainer.step_fn.lower(trainer.state, trainer.batch)
+    t2 = time.perf_counter()
+    compiled = lowered.compile(FAST_COMPILE if fast_compile else None)
+    t3 = time.perf_counter()
+
+    mem = compiled.memory_analysis()
+    argument, output = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
+    peak = argument + output - alias + temp
+    cost = _cost(compiled)
+    flops = float(cost.get("flops", 0.0))
+    n = trainer.mesh.size
+    state = trainer.state
+    shards = math.prod(trainer.mesh.shape[a] for a in partitioning.BATCH_AXES)
+    return {
+        "devices": n,
+        "mesh": {k: int(v) for k, v in trainer.mesh.shape.items()},
+        "fusion": f"{config.model.fusion.kind}/{config.model.fusion.placement}",
+        "batch_size": config.batch_size,
+        "batch_per_device": config.batch_size // shards,
+        "accum_steps": config.optim.accum_steps,
+        "dtype": config.model.dtype,
+        "frozen_dtype": config.model.frozen_dtype,
+        "remat": {k: bool(config.model[k].get("remat", False)) for k in ("vision", "mae", "qformer")},
+        "params_trainable": _count(state.params),
+        "params_frozen": _count(state.frozen),
+        "bytes_per_device": {
+            "params_trainable": _device_bytes(state.params),
+            "params_frozen": _device_bytes(state.frozen),
+            "optimizer_state": _device_bytes(state.opt_state),
+            "batch": _device_bytes(trainer.batch),
+            "argument": argument,
+            "output": output,
+            "alias": alias,
+            "temp": temp,
+            "peak_estimate": peak,
+        },
+        "hbm_gib": hbm_gib,
+        "fits": peak <= hbm_gib * GIB,
+        "flops_per_device": flops,
+        "flops_total": flops * n,
+        "seconds": {"build": round(t1 - t0, 1), "lower": round(t2 - t1, 1), "compile": round(t3 - t2, 1)},
+        "backend": f"{jax.default_backend()} (simulated mesh; memory is the CPU compiler's estimate)",
+    }
+
+
+def table(result: dict) -> str:
+    b = result["bytes_per_device"]
+
+    def gib(x):
+        return f"{x / GIB:.2f} GiB"
+
+    mesh = " x ".join(f"{k}={v}" for k, v in result["mesh"].items())
+    rows = [
+        ("devices / mesh", f"{result['devices']}  ({mesh})"),
+        ("fusion", result["fusion"]),
+        ("batch (global / per device)", f"{result['batch_size']} / {result['batch_per_device']}"
+                                        f"  (accum_steps {result['accum_steps']})"),
+        ("dtype (compute / frozen)", f"{result['dtype']} / {result['frozen_dtype']}"),
+        ("remat (vision, mae, qformer)", ", ".join(str(v) for v in result["remat"].values())),
+        ("params trainable / frozen",
+         f"{result['params_trainable'] / 1e6:.1f}M / {result['params_frozen'] / 1e6:.1f}M"),
+        ("per device: trainable params", gib(b["params_trainable"])),
+        ("per device: frozen params", gib(b["params_frozen"])),
+        ("per device: optimizer state", gib(b["optimizer_state"])),
+        ("per device: batch", gib(b["batch"])),
+        ("memory: argument", gib(b["argument"])),
+        ("memory: output", gib(b["output"])),
+        ("memory: alias (donated)", gib(b["alias"])),
+        ("memory: temp", gib(b["temp"])),
+        ("memory: peak estimate", gib(b["peak_estimate"])),
+        (f"fits {result['hbm_gib']:g} GiB per chip", "yes" if result["fits"] else "NO"),
+        ("FLOPs per step per device", f"{result['flops_per_device'] / 1e12:.2f} TFLOP"),
+        ("FLOPs per step total", f"{result['flops_total'] / 1e15:.2f} PFLOP"),
+        ("time (build / lower / compile)", " / ".join(f"{v:.0f} s" for v in result["seconds"].values())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/paper.py:stage1.", lock_config=True)
+flags.DEFINE_integer("devices", 8, "Number of simulated devices (the mesh spans all of them).")
+flags.DEFINE_float("hbm_gib", 32.0, "Memory per chip the peak estimate is compared with (GiB).")
+flags.DEFINE_bool("fast_compile", True, "Skip LLVM optimisation of the (never run) CPU code; same figures, "
+                  "faster compile.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    logging.getLogger().setLevel(logging.WARNING)
+    if jax.device_count() != FLAGS.devices:
+        raise SystemExit(f"JAX sees {jax.device_count()} devices, not --devices={FLAGS.devices}: start the "
+                         "script directly (it sets XLA_FLAGS before importing JAX)")
+    try:
+        result = plan(FLAGS.config, FLAGS.hbm_gib, FLAGS.fast_compile)
+    except ValueError as e:
+        raise SystemExit(f"plan: {e}")
+    print(table(result))
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,117 @@
+"""launch/plan.py on a shrunk config, parameter counts at the paper's sizes, the launchers' dry runs."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import paper
+from launch import gpu_cluster, tpu_vm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIB = 1024 ** 3
+
+# The demo config cut to one block per tower and two Q-Former layers: compiles in seconds on CPU.
+SHRINK = ["--config.model.vision.num_hidden_layers=1", "--config.model.vision.feature_layer=-1",
+          "--config.model.mae.num_hidden_layers=1", "--config.model.mae.decoder_num_hidden_layers=1",
+          "--config.model.qformer.num_hidden_layers=2"]
+
+
+def _plan(*flags):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "launch/plan.py", "--config=configs/demo.py:stage1", *flags],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return proc
+
+
+def test_plan_prints_memory_and_flops_for_a_simulated_mesh():
+    proc = _plan("--devices=8", "--config.mesh.data=4", "--config.mesh.fsdp=2", *SHRINK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["devices"] == 8 and result["mesh"] == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert result["batch_per_device"] == 2
+    assert result["flops_per_device"] > 0 and result["flops_total"] == pytest.approx(8 * result["flops_per_device"])
+    b = result["bytes_per_device"]
+    assert b["argument"] > 0 and b["temp"] > 0 and b["peak_estimate"] > 0
+    # State donated: the output state reuses the argument buffers.
+    assert b["alias"] > 0
+    assert b["peak_estimate"] == b["argument"] + b["output"] - b["alias"] + b["temp"]
+    # fsdp=2 halves the params' "embed" dims: per-device trainable bytes well under the float32 total.
+    assert b["params_trainable"] < 4 * result["params_trainable"]
+    assert b["optimizer_state"] == pytest.approx(2 * b["params_trainable"], rel=0.01)
+    assert result["fits"] is True and "fits 32 GiB per chip" in proc.stdout
+
+
+def test_plan_names_the_batch_size_that_does_not_divide():
+    proc = _plan("--devices=8", "--config.batch_size=20", "--config.mesh.data=8", *SHRINK)
+    assert proc.returncode != 0
+    assert "config.batch_size=20" in proc.stderr and "16 or 24" in proc.stderr
+
+
+def test_paper_config_variants():
+    base = paper.get_config("stage1")
+    assert base.batch_size == 1680 and base.model.dtype == "bfloat16" and base.model.frozen_dtype == "bfloat16"
+    assert (base.optim.b1, base.optim.b2, base.optim.weight_decay) == (0.9, 0.98, 0.05)
+    assert (base.mesh.data, base.mesh.fsdp) == (1, -1)
+    assert paper.get_config("stage1_blip2").model.fusion.kind == "blip2"
+    assert paper.get_config("stage1_xformer_norec").loss.weights.rec == 0.0
+    with pytest.raises(ValueError, match="stage2"):
+        paper.get_config("stage2")
+
+
+def test_param_counts_at_paper_sizes():
+    from benchmarks import param_counts
+    results = param_counts.counts(paper.get_config("stage1"), ("blip2", "xformer"))
+    extra = results["xformer"]["extra_trainable_over_blip2"]
+    assert 15e6 < extra < 25e6, extra
+    assert results["xformer"]["frozen"] == results["xformer"]["frozen_vision"] + results["xformer"]["frozen_mae"]
+    assert 0.98e9 < results["blip2"]["frozen_vision"] < 1.0e9  # EVA ViT-g, 39 blocks
+    assert 0.18e9 < results["blip2"]["trainable"] < 0.19e9  # BLIP-2's ~188M Q-Former
+
+
+def test_tpu_vm_dry_run(capsys):
+    rc = tpu_vm.main(["--tpu=pod", "--zone=us-east5-a", "--project=p", "--dry_run", "--",
+                      "launch/train.py", "--config=configs/paper.py:stage1", "--workdir=gs://b/run"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("sh -c") and "git ls-files" in lines[0]
+    assert lines[1].startswith("gcloud compute tpus tpu-vm scp /tmp/xformer_jax_src.tgz pod:/tmp/")
+    assert all("--worker=all" in line and "--zone=us-east5-a" in line and "--project=p" in line
+               for line in lines[1:])
+    assert ".[tpu]" in lines[3]
+    assert lines[4].startswith("gcloud compute tpus tpu-vm ssh pod ")
+    assert ("cd xformer-jax && .venv/bin/python launch/train.py --config=configs/paper.py:stage1 "
+            "--workdir=gs://b/run") in lines[4]
+
+
+def test_tpu_vm_clone_and_no_setup(capsys):
+    tpu_vm.main(["--tpu=v4", "--zone=z", "--repo=https://example.com/x.git", "--setup=none", "--background",
+                 "--dry_run", "--", "launch/train.py", "--config=c"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "git clone https://example.com/x.git xformer-jax" in lines[0]
+    assert "nohup" in lines[1] and "train.log" in lines[1]
+
+
+def test_gpu_cluster_dry_run_ssh(capsys):
+    rc = gpu_cluster.main(["--hosts=h1,h2", "--gpus_per_host=8", "--repo_dir=/shared/xj", "--dry_run", "--",
+                           "launch/train.py", "--config=configs/paper.py:stage1", "--workdir=/shared/run"], environ={})
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for i, (line, host) in enumerate(zip(lines, ("h1", "h2"))):
+        assert line.startswith(f"ssh {host} 'cd /shared/xj && ")
+        assert ".venv/bin/python launch/train.py --config=configs/paper.py:stage1 --workdir=/shared/run" in line
+        assert f"--coordinator_address=h1:12355 --num_processes=2 --process_id={i}'" in line
+
+
+def test_gpu_cluster_slurm(capsys):
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu[01-02,10],cpu3"}
+    assert gpu_cluster.expand_nodelist(env["SLURM_JOB_NODELIST"]) == ["gpu01", "gpu02", "gpu10", "cpu3"]
+    gpu_cluster.main(["--process_per=gpu", "--gpus_per_host=4", "--dry_run", "--", "launch/train.py", "--config=c"],
+                     environ=env)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("srun --nodes=4 --ntasks-per-node=4 ")
+    assert "CUDA_VISIBLE_DEVICES=$SLURM_LOCALID" in line
+    assert "--coordinator_address=gpu01:12355 --num_processes=16 --process_id=$SLURM_PROCID" in line
