@@ -26,7 +26,7 @@ EPOCHS = 9
 BATCH_SIZE = 1680  # BLIP-2's stage-1 global batch for ViT-g; must divide by data * fsdp (see launch/plan.py)
 
 VARIANTS = ("stage1", "stage1_blip2", "stage1_concat", "stage1_early_xattn", "stage1_xformer_norec",
-            "stage1_per_xattn_layer")
+            "stage1_per_xattn_layer", "stage2_opt2.7b", "stage2_opt6.7b")
 
 
 def _stage1() -> ml_collections.ConfigDict:
@@ -79,11 +79,31 @@ def _stage1() -> ml_collections.ConfigDict:
     return config
 
 
+# OPT-2.7B / 6.7B as facebook/opt-*: pre-LN, tied head, vocab 50272, 2048 positions.
+OPT_SIZES = {"opt2.7b": dict(hidden_size=2560, num_hidden_layers=32, ffn_dim=10240, num_attention_heads=32),
+             "opt6.7b": dict(hidden_size=4096, num_hidden_layers=32, ffn_dim=16384, num_attention_heads=32)}
+
+
+def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections.ConfigDict:
+    """BLIP-2's stage 2: frozen OPT in bfloat16, global batch 1920, lr 1e-4 with 2000 warmup steps,
+    MAE unmasked and no reconstruction; start from the stage-1 run (`init_from`)."""
+    config.stage = "stage2"
+    config.init_from = ""  # the stage-1 workdir
+    config.batch_size = 1920
+    config.model.llm = ml_collections.ConfigDict(dict(
+        kind="opt", hf_dir="", params_file="",  # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
+        vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2, eos_token_id=2, **opt_size))
+    config.data.update(llm_tokenizer_path="", max_txt_len=32, prompt="")  # tokenizer.json of the same OPT
+    config.optim.update(warmup_steps=2000)
+    return config
+
+
 def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     if arg not in VARIANTS:
-        raise ValueError(f"configs/paper.py:{arg}: unknown variant; available: {', '.join(VARIANTS)} "
-                         "(stage 2 configs are not written yet)")
+        raise ValueError(f"configs/paper.py:{arg}: unknown variant; available: {', '.join(VARIANTS)}")
     config = _stage1()
+    if arg.startswith("stage2"):
+        return _stage2(config, OPT_SIZES[arg.split("_")[1]])
     if arg == "stage1_blip2":
         config.model.fusion.update(kind="blip2")
     elif arg == "stage1_concat":

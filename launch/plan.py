@@ -118,11 +118,14 @@ def abstract_batch(config: ml_collections.ConfigDict, model_config: xformer.Stag
     def spec(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
+    text = config.data.max_txt_len if config.stage == "stage2" else config.data.max_len
     batch = {"pixel_values": spec((b, v.num_channels, v.image_size, v.image_size), jnp.float32),
              "mae_pixel_values": spec((b, 3, mae_size, mae_size), jnp.float32),
-             "input_ids": spec((b, config.data.max_len), jnp.int32),
-             "attention_mask": spec((b, config.data.max_len), jnp.int32)}
-    if config.loss.use_image_ids:
+             "input_ids": spec((b, text), jnp.int32),
+             "attention_mask": spec((b, text), jnp.int32)}
+    if config.stage == "stage2":
+        batch["labels"] = spec((b, text), jnp.int32)
+    elif config.loss.use_image_ids:
         batch["image_ids"] = spec((b,), jnp.int32)
     return batch
 
