@@ -1,0 +1,218 @@
+"""Stage-1 train-step examples/s: our jitted step against a PyTorch eager step of the same model.
+
+The PyTorch side (`benchmarks/torch_stage1.py`) is assembled from transformers' modules (CLIPVisionModel,
+ViTMAEForPreTraining, Blip2QFormerModel, ...) with the same four losses, passes, layers, widths and batch,
+and an AdamW step on the trainable params (towers frozen). Same config, batch, dtype (float32 unless
+--dtype) and inputs in one process; prints one JSON object with the ratio (JAX / PyTorch examples/s),
+XLA's FLOPs per step (cost analysis of the compiled step) and the achieved FLOP/s.
+
+  python benchmarks/stage1_step.py                 # configs/demo.py:stage1 sizes, random Q-Former, batch 16
+  python benchmarks/stage1_step.py --small         # tests/tiny.py sizes, a quick check
+  python benchmarks/stage1_step.py --batch 32 --iters 10 --torch_itg joint
+  python benchmarks/stage1_step.py --threads 1    # both on one core (fairer on a busy machine)
+  python benchmarks/stage1_step.py --dtype bfloat16
+
+Timing alternates the two steps (jax, torch, jax, torch, ...) after warm-up, so both see the same
+machine load; `ratio` is the ratio of mean examples/s, `ratio_median_of_pairs` the median over
+iterations of torch_step_s / jax_step_s. By default both frameworks use every core
+(torch.set_num_threads(os.cpu_count()); XLA's pool sizes itself from the affinity mask). On a machine
+that other jobs keep busy, a multi-threaded torch step stalls badly at its OpenMP barriers (and XLA's
+pool suffers too); `--threads N` pins the process to N cores, so both frameworks get the same ones.
+"""
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Callable
+
+
+def _limit_threads() -> int:
+    """--threads N (before jax / torch start): pin the process to N cores, torch gets N threads.
+
+    XLA's CPU thread pool (which also runs independent ops concurrently, so XLA's single-threaded-Eigen
+    flag alone still uses every core) sizes itself from the affinity mask.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--threads", type=int, default=0)
+    threads = pre.parse_known_args()[0].threads
+    if threads <= 0 or threads >= os.cpu_count():
+        return os.cpu_count()
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[-threads:])
+    return threads
+
+
+THREADS = _limit_threads()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import torch_stage1  # noqa: E402
+from configs import demo  # noqa: E402
+from xformer_jax.train import build, loop  # noqa: E402
+
+
+def make_config(small: bool, batch: int):
+    if small:
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+        import tiny  # noqa: E402
+        config = tiny.tiny_config(pathlib.Path(tempfile.gettempdir()) / "stage1_step_bench")
+    else:
+        config = demo.get_config("stage1")
+        config.model.qformer.bert_dir = ""  # random Q-Former: no weights are read
+    config.batch_size = batch
+    return config
+
+
+def synthetic_batch(model_config, batch: int, max_len: int, seed: int = 0) -> dict:
+    """Images of the towers' shapes and right-padded token ids with varied lengths (>= 4 tokens)."""
+    rng = np.random.default_rng(seed)
+    v, m, q = model_config.vision, model_config.mae, model_config.qformer
+    lengths = rng.integers(min(4, max_len), max_len + 1, size=batch)
+    mask = (np.arange(max_len)[None] < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(1000, min(q.vocab_size - 1, 30000), size=(batch, max_len)).astype(np.int32)
+    ids[:, 0] = 101  # [CLS]
+    ids[np.arange(batch), lengths - 1] = 102  # [SEP]
+    ids = np.where(mask == 1, ids, q.pad_token_id).astype(np.int32)
+    return {"pixel_values": rng.normal(size=(batch, 3, v.image_size, v.image_size)).astype(np.float32),
+            "mae_pixel_values": rng.normal(size=(batch, 3, m.image_size, m.image_size)).astype(np.float32),
+            "input_ids": ids, "attention_mask": mask, "image_id": np.arange(batch, dtype=np.int32)}
+
+
+def summary(config, model_config) -> dict:
+    v, m, q, f = model_config.vision, model_config.mae, model_config.qformer, model_config.fusion
+    return {"vision": dict(kind=v.kind, width=v.hidden_size, layers=v.num_hidden_layers,
+                           feature_layer=v.feature_layer, image_size=v.image_size, patch=v.patch_size),
+            "mae": dict(width=m.hidden_size, layers=m.num_hidden_layers, decoder_width=m.decoder_hidden_size,
+                        decoder_layers=m.decoder_num_hidden_layers, image_size=m.image_size, patch=m.patch_size),
+            "qformer": dict(width=q.hidden_size, layers=q.num_hidden_layers, heads=q.num_attention_heads,
+                            intermediate=q.intermediate_size, queries=q.num_query_tokens, vocab=q.vocab_size,
+                            cross_attention_freq=q.cross_attention_freq, embed_dim=q.embed_dim),
+            "fusion": dict(kind=f.kind, placement=f.placement, mask_ratio=f.mask_ratio,
+                           intermediate=f.intermediate_size),
+            "text_len": config.data.max_len, "itc_grad": config.loss.itc_grad}
+
+
+def xla_flops(step_fn, state, batch):
+    """FLOPs per step from XLA's cost analysis of the compiled step (its own estimate of the HLO)."""
+    analysis = step_fn.lower(state, batch).compile().cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+        analysis = analysis[0]
+    return float(analysis.get("flops", float("nan"))), float(analysis.get("bytes accessed", float("nan")))
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def setup_jax(config, local) -> tuple[dict, Callable]:
+    """Our trainer's jitted step on the synthetic batch: (info, step) with step() blocking until done."""
+    trainer = loop.make_trainer(config, load_pretrained=False)
+    batch = trainer.global_batch(local)
+    flops, bytes_accessed = xla_flops(trainer.step_fn, trainer.state, batch)
+    holder = {"state": trainer.state}
+
+    def step():
+        holder["state"], metrics = trainer.step_fn(holder["state"], batch)
+        return jax.block_until_ready(metrics)
+
+    start = time.perf_counter()
+    metrics = step()
+    info = {"first_call_s": time.perf_counter() - start,
+            "first_step_losses": {k: float(v) for k, v in jax.device_get(metrics).items() if k.startswith("loss")},
+            "trainable_params": count_params(holder["state"].params),
+            "xla_flops_per_step": flops, "xla_bytes_accessed_per_step": bytes_accessed}
+    return info, step
+
+
+def setup_torch(model_config, local, optim, itg: str, dtype: str) -> tuple[dict, Callable]:
+    """The transformers-built reference and its AdamW on the same batch: (info, step)."""
+    torch.set_num_threads(THREADS)  # os.cpu_count() unless --threads said otherwise
+    torch.manual_seed(0)
+    model = torch_stage1.TorchStage1(model_config, itg=itg).train()
+    optimizer = torch_stage1.make_optimizer(model, optim)
+    batch = {k: torch.from_numpy(local[k]).long() if local[k].dtype.kind == "i" else torch.from_numpy(local[k])
+             for k in ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask")}
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            return torch_stage1.train_step(model, optimizer, batch)
+
+    first = step()
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)  # counts matmuls, convolutions and attention only
+    with counter:
+        step()
+    info = {"first_step_losses": {f"loss_{k}" if k != "loss" else k: v for k, v in first.items()},
+            "trainable_params": sum(p.numel() for p in torch_stage1.trainable_parameters(model)),
+            "itg": itg, "autocast": dtype == "bfloat16", "matmul_flops_per_step": float(counter.get_total_flops())}
+    return info, step
+
+
+def time_interleaved(steps: dict, warmup: int, iters: int) -> dict:
+    """Alternates the frameworks' steps (A B A B ...) so that both see the same machine load."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(iters):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: np.asarray(t) for name, t in times.items()}
+
+
+def stats(times: np.ndarray, batch: int) -> dict:
+    step_s = float(times.mean())
+    return {"step_s": step_s, "step_s_median": float(np.median(times)), "step_s_min": float(times.min()),
+            "examples_per_s": batch / step_s}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--small", action="store_true", help="tests/tiny.py sizes")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype: config.model.dtype for ours, torch.autocast for the reference")
+    parser.add_argument("--torch_itg", choices=("cache", "joint"), default="cache",
+                        help="torch ITG: text pass on cached query keys/values (ours) or one UniLM joint pass")
+    parser.add_argument("--skip_torch", action="store_true", help="time the JAX step only")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="pin to this many cores; torch threads = that (0: all cores, no pinning)")
+    args = parser.parse_args()
+
+    config = make_config(args.small, args.batch)
+    config.model.dtype = args.dtype
+    model_config = build.stage1_config(config.model)
+    local = synthetic_batch(model_config, args.batch, config.data.max_len)
+    results = {"config": "tests/tiny.py" if args.small else "configs/demo.py:stage1 (random Q-Former)",
+               "model": summary(config, model_config), "batch": args.batch, "dtype": args.dtype,
+               "warmup": args.warmup, "iters": args.iters, "timing": "interleaved jax/torch steps"}
+    jax_info, jax_step = setup_jax(config, local)
+    steps, infos = {"jax": jax_step}, {"jax": jax_info}
+    if not args.skip_torch:
+        infos["torch"], steps["torch"] = setup_torch(model_config, local, config.optim, args.torch_itg, args.dtype)
+    times = time_interleaved(steps, args.warmup, args.iters)
+    for name in steps:
+        results[name] = {**stats(times[name], args.batch), **infos[name]}
+    results["jax"]["achieved_flops_per_s"] = jax_info["xla_flops_per_step"] / results["jax"]["step_s"]
+    if "torch" in steps:
+        results["torch"]["achieved_matmul_flops_per_s"] = (infos["torch"]["matmul_flops_per_step"]
+                                                           / results["torch"]["step_s"])
+        results["ratio"] = results["jax"]["examples_per_s"] / results["torch"]["examples_per_s"]
+        results["ratio_median_of_pairs"] = float(np.median(times["torch"] / times["jax"]))
+    results["machine"] = {**common.machine(), "threads": THREADS, "load_average_1m": os.getloadavg()[0]}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
