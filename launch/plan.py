@@ -63,7 +63,6 @@ import math  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
@@ -72,7 +71,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from xformer_jax.models import xformer  # noqa: E402
-from xformer_jax.train import build, loop, partitioning  # noqa: E402
+from xformer_jax.train import loop, partitioning  # noqa: E402
 
 GIB = 1024 ** 3
 # The CPU executable is never run: skip LLVM's expensive optimisation of the generated code. HLO

@@ -128,3 +128,48 @@ def attend(query, key, value, bias, scale: float):
     probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, value)
     return out.reshape(b, q, heads * d)
+
+
+class CausalLM(nn.Module):
+    """The interface OPT and LLaMA share: accessors, cache creation, token embedding, input checks
+    and the LM head / cache update around each model's own stack. Subclasses set `config` and, in
+    setup, `embed_tokens` (and `lm_head` when the head is untied)."""
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def word_embed_proj_dim(self) -> int:
+        """Width of `inputs_embeds` (= the token embeddings)."""
+        return self.config.word_embed_proj_dim
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        c = self.config
+        return init_cache(c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim, dtype or c.dtype)
+
+    def embed(self, input_ids):
+        return self.embed_tokens(jnp.asarray(input_ids).astype(jnp.int32))
+
+    def prepare(self, input_ids, attention_mask, inputs_embeds, cache: Optional[KVCache]):
+        """(inputs_embeds, this segment's mask, keys mask, attention bias) after checking the inputs."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)
+        if inputs_embeds.shape[-1] != self.word_embed_proj_dim:
+            raise ValueError(f"inputs_embeds width {inputs_embeds.shape[-1]} is not the model's "
+                             f"word_embed_proj_dim {self.word_embed_proj_dim}")
+        batch, length = inputs_embeds.shape[:2]
+        mask = segment_mask(attention_mask, batch, length)
+        keys_mask, bias = key_mask_and_bias(mask, cache)
+        return inputs_embeds, mask, keys_mask, bias
+
+    def finish(self, x, cache: Optional[KVCache], keys_mask, new_layers: list) -> dict:
+        """float32 logits from the (tied or untied) head, and the advanced cache when one was given."""
+        head = self.embed_tokens.attend if self.config.tie_word_embeddings else self.lm_head
+        logits = nn.with_logical_constraint(head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+        out = {"logits": logits}
+        if cache is not None:
+            out["cache"] = advance(cache, keys_mask, new_layers, x.shape[1])
+        return out

@@ -144,7 +144,7 @@ class LlamaDecoderLayer(nn.Module):
         return x, kv
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(decoder_cache.CausalLM):
     config: LlamaConfig
 
     def setup(self):
@@ -157,35 +157,11 @@ class LlamaForCausalLM(nn.Module):
         if not c.tie_word_embeddings:
             self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), "lm_head", c.dtype, use_bias=False)
 
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def word_embed_proj_dim(self) -> int:
-        return self.config.word_embed_proj_dim
-
-    def init_cache(self, batch: int, max_len: int, dtype=None) -> decoder_cache.KVCache:
-        c = self.config
-        return decoder_cache.init_cache(c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim,
-                                        dtype or c.dtype)
-
-    def embed(self, input_ids):
-        return self.embed_tokens(jnp.asarray(input_ids).astype(jnp.int32))
-
     def __call__(self, input_ids=None, attention_mask=None, inputs_embeds=None, position_ids=None,
                  cache: Optional[decoder_cache.KVCache] = None):
         c = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids)
-        if inputs_embeds.shape[-1] != c.hidden_size:
-            raise ValueError(f"inputs_embeds width {inputs_embeds.shape[-1]} is not the model's "
-                             f"hidden_size {c.hidden_size}")
-        batch, length = inputs_embeds.shape[:2]
-        mask = decoder_cache.segment_mask(attention_mask, batch, length)
-        keys_mask, bias = decoder_cache.key_mask_and_bias(mask, cache)
+        inputs_embeds, _, keys_mask, bias = self.prepare(input_ids, attention_mask, inputs_embeds, cache)
+        length = inputs_embeds.shape[1]
         if position_ids is None:
             start = 0 if cache is None else cache.index
             position_ids = (start + jnp.arange(length))[None]
@@ -196,13 +172,7 @@ class LlamaForCausalLM(nn.Module):
         for i, layer in enumerate(self.layers):
             x, kv = layer(x, cos, sin, bias, decoder_cache.layer_kv(cache, i), index)
             new_layers.append(kv)
-        x = self.norm(x)
-        logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
-        logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-        out = {"logits": logits}
-        if cache is not None:
-            out["cache"] = decoder_cache.advance(cache, keys_mask, new_layers, length)
-        return out
+        return self.finish(self.norm(x), cache, keys_mask, new_layers)
 
 
 def _rope_theta(hf: dict) -> float:

@@ -131,7 +131,7 @@ def default_position_ids(mask, keys_mask, cache):
     return positions
 
 
-class OPTForCausalLM(nn.Module):
+class OPTForCausalLM(decoder_cache.CausalLM):
     config: OPTConfig
 
     def setup(self):
@@ -153,37 +153,10 @@ class OPTForCausalLM(nn.Module):
         if not c.tie_word_embeddings:
             self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), "lm_head", c.dtype, use_bias=False)
 
-    # Accessors a projection into the LLM needs (Stage2Model's opt_proj).
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def word_embed_proj_dim(self) -> int:
-        """Width of `inputs_embeds` (= the token embeddings)."""
-        return self.config.word_embed_proj_dim
-
-    def init_cache(self, batch: int, max_len: int, dtype=None) -> decoder_cache.KVCache:
-        c = self.config
-        return decoder_cache.init_cache(c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim,
-                                        dtype or c.dtype)
-
-    def embed(self, input_ids):
-        return self.embed_tokens(jnp.asarray(input_ids).astype(jnp.int32))
-
     def __call__(self, input_ids=None, attention_mask=None, inputs_embeds=None, position_ids=None,
                  cache: Optional[decoder_cache.KVCache] = None):
         c = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids)
-        if inputs_embeds.shape[-1] != c.word_embed_proj_dim:
-            raise ValueError(f"inputs_embeds width {inputs_embeds.shape[-1]} is not the model's "
-                             f"word_embed_proj_dim {c.word_embed_proj_dim}")
-        batch, length = inputs_embeds.shape[:2]
-        mask = decoder_cache.segment_mask(attention_mask, batch, length)
-        keys_mask, bias = decoder_cache.key_mask_and_bias(mask, cache)
+        inputs_embeds, mask, keys_mask, bias = self.prepare(input_ids, attention_mask, inputs_embeds, cache)
         if position_ids is None:
             position_ids = default_position_ids(mask, keys_mask, cache)
         x = inputs_embeds.astype(c.dtype)
@@ -199,12 +172,7 @@ class OPTForCausalLM(nn.Module):
             x = self.final_layer_norm(x).astype(c.dtype)
         if c.has_projections:
             x = self.project_out(x)
-        logits = self.embed_tokens.attend(x) if c.tie_word_embeddings else self.lm_head(x)
-        logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-        out = {"logits": logits}
-        if cache is not None:
-            out["cache"] = decoder_cache.advance(cache, keys_mask, new_layers, length)
-        return out
+        return self.finish(x, cache, keys_mask, new_layers)
 
 
 def config_from_hf(hf: dict, **overrides) -> OPTConfig:
