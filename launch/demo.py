@@ -23,7 +23,7 @@ from xformer_jax import plots, pretrain  # noqa: E402
 from xformer_jax.data import pipeline  # noqa: E402
 from xformer_jax.eval import retrieval  # noqa: E402
 from xformer_jax.models import mae as mae_lib  # noqa: E402
-from xformer_jax.train import build, checkpointing, loop, partitioning  # noqa: E402
+from xformer_jax.train import build, loop  # noqa: E402
 
 
 def pretrained_towers(config, workdir: str, steps: int) -> None:
@@ -57,18 +57,8 @@ def loss_curves(records: list[dict], path: str) -> None:
     plots.line_chart(series, path, "stage-1 training losses (synthetic scenes)")
 
 
-def restore_state(trainer, workdir: str):
-    checkpoints = checkpointing.Checkpointer(workdir, trainer.config.checkpoint)
-    target = partitioning.with_shardings(jax.eval_shape(lambda s: s, trainer.state), trainer.state_shardings)
-    state = checkpoints.restore(None, target)
-    checkpoints.close()
-    return state
-
-
-def evaluate(trainer, state, config) -> dict:
-    """ITC retrieval over the validation images (one caption each) and a reconstruction batch."""
-    params = {**state.params, **state.frozen}
-    model = trainer.model
+def evaluate(model, params, config) -> tuple[dict, dict]:
+    """ITC retrieval over the validation images (one caption each), and the first eval batch."""
     embed = jax.jit(lambda p, b: model.apply({"params": p}, b["pixel_values"], b["input_ids"], b["attention_mask"],
                                              b.get("mae_pixel_values"), method=model.retrieval_embeddings))
     images, texts, first = [], [], None
@@ -82,7 +72,7 @@ def evaluate(trainer, state, config) -> dict:
     image_embeds, text_embeds = np.concatenate(images), np.concatenate(texts)
     sims = np.einsum("iqd,td->iqt", image_embeds, text_embeds).max(axis=1)
     recall = retrieval.retrieval_recall(sims, np.arange(len(text_embeds)))
-    return recall, first, params
+    return recall, first
 
 
 def reconstruction_picture(model, params, batch, path: str) -> None:
@@ -119,14 +109,13 @@ def main():
 
     stage1_dir = os.path.join(workdir, "stage1")
     print(f"stage 1: {args.steps} steps of {config.model.fusion.kind} on synthetic scenes -> {stage1_dir}", flush=True)
-    loop.train(config, stage1_dir)
-
-    trainer = loop.make_trainer(config, load_pretrained=False)
-    state = restore_state(trainer, stage1_dir)
-    recall, batch, params = evaluate(trainer, state, config)
+    state = loop.train(config, stage1_dir)  # a finished run is restored, not retrained
+    model = build.make_model(build.model_config(config))
+    params = {**state.params, **state.frozen}
+    recall, batch = evaluate(model, params, config)
     records = read_metrics(os.path.join(stage1_dir, "metrics.jsonl"))
     loss_curves(records, os.path.join(workdir, "loss_curves.png"))
-    reconstruction_picture(trainer.model, params, batch, os.path.join(workdir, "reconstruction.png"))
+    reconstruction_picture(model, params, batch, os.path.join(workdir, "reconstruction.png"))
 
     first, last = records[0], records[-1]
     print("\n| quantity | first logged step | last step |\n| --- | --- | --- |")
