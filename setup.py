@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         # torch first (the Makefile installs the CPU wheel before this extra).
-        "test": ["pytest>=9.0", "torch==2.13.0", "transformers==5.24.0"],
+        "test": ["pytest>=9.0", "pytest-xdist>=3.8", "torch==2.13.0", "transformers==5.24.0"],
         "torch": ["torch>=2.13.0", "transformers>=5.24.0"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],

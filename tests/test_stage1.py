@@ -78,3 +78,10 @@ def test_forty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretraine
         first, last = np.mean([h[term] for h in history[:3]]), np.mean([h[term] for h in history[-5:]])
         print(f"{fusion}/{placement} {term}: {first:.4f} -> {last:.4f}")
         assert last < 0.98 * first, f"{term}: {first:.4f} -> {last:.4f}"
+
+
+def test_a_tower_with_both_params_file_and_hf_dir_is_refused(tmp_path):
+    config = tiny_config(tmp_path)
+    config.model.mae.update(params_file="mae.msgpack", hf_dir="mae_hf")
+    with pytest.raises(ValueError, match=r"config.model.mae: both params_file=mae.msgpack and hf_dir=mae_hf"):
+        build.pretrained_parts(config.model, build.stage1_config(config.model))

@@ -122,6 +122,9 @@ def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage
 
     parts = {}
     for name in ("vision", "mae", "llm"):
+        if name in model_cfg and model_cfg[name].get("params_file") and model_cfg[name].get("hf_dir"):
+            raise ValueError(f"config.model.{name}: both params_file={model_cfg[name].params_file} and "
+                             f"hf_dir={model_cfg[name].hf_dir} are set; set one of them")
         path = model_cfg[name].get("params_file") if name in model_cfg else None
         if path and (name != "mae" or config.mae is not None):
             parts[name] = load_params(path, f"config.model.{name}.params_file")
