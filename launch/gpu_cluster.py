@@ -23,6 +23,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from launch import remote_args  # noqa: E402
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
@@ -59,15 +61,9 @@ def parse(argv, environ):
                         help="default: srun inside a SLURM job, else ssh")
     parser.add_argument("--repo_dir", default=REPO, help="checkout directory on every host")
     parser.add_argument("--python", default=".venv/bin/python", help="interpreter on the hosts")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="environment variable for every process (repeatable)")
-    parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("command", nargs=argparse.REMAINDER,
-                        help="after --: launch/train.py --config=... --workdir=...")
+    remote_args.add_command_flags(parser, "after --: launch/train.py --config=... --workdir=...")
     args = parser.parse_args(argv)
-    args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not args.command:
-        parser.error("no command given: add `-- launch/train.py --config=... --workdir=...`")
+    remote_args.check_command_flags(parser, args)
     if args.hosts:
         args.hosts = [h for h in args.hosts.split(",") if h]
     elif environ.get("SLURM_JOB_NODELIST"):
@@ -77,9 +73,6 @@ def parse(argv, environ):
     args.launcher = args.launcher or ("srun" if environ.get("SLURM_JOB_ID") else "ssh")
     if args.gpus_per_host < 1:
         parser.error(f"--gpus_per_host={args.gpus_per_host} must be positive")
-    for pair in args.env:
-        if "=" not in pair:
-            parser.error(f"--env={pair!r} is not KEY=VALUE")
     return args
 
 

@@ -23,6 +23,8 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from launch import remote_args  # noqa: E402
 TARBALL = "/tmp/xformer_jax_src.tgz"
 
 
@@ -39,20 +41,11 @@ def parse(argv):
     parser.add_argument("--branch", default="", help="with --repo: branch or tag to check out")
     parser.add_argument("--setup", choices=("pip", "none"), default="pip")
     parser.add_argument("--python", default=".venv/bin/python", help="interpreter on the workers")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="environment variable for the command (repeatable)")
     parser.add_argument("--background", action="store_true", help="run under nohup, output to --log")
     parser.add_argument("--log", default="train.log", help="with --background: log file in --remote_dir")
-    parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("command", nargs=argparse.REMAINDER,
-                        help="after --: the command, e.g. launch/train.py --config=... --workdir=...")
+    remote_args.add_command_flags(parser, "after --: the command, e.g. launch/train.py --config=... --workdir=...")
     args = parser.parse_args(argv)
-    args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not args.command:
-        parser.error("no command given: add `-- launch/train.py --config=... --workdir=...`")
-    for pair in args.env:
-        if "=" not in pair:
-            parser.error(f"--env={pair!r} is not KEY=VALUE")
+    remote_args.check_command_flags(parser, args)
     return args
 
 
