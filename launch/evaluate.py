@@ -1,15 +1,34 @@
-"""Evaluate a stage-2 run, or score an existing predictions file, as the official tools do.
+"""Evaluate a trained run, or score an existing predictions file, as the official tools do.
 
   launch/evaluate.py vqa --workdir=W --questions=LAVIS_Q.json --image_root=R --annotations=A.json \\
-      --official_questions=Q.json --out=DIR        # zero-shot VQA, "Question: {} Short answer:"
+      --out=DIR [--task=vqav2|okvqa]               # zero-shot VQAv2 / OK-VQA
+  launch/evaluate.py gqa --workdir=W --questions=GQA_QUESTIONS.json --image_root=R --out=DIR \\
+      [--image_pattern={}.jpg]                     # zero-shot GQA (e.g. testdev_balanced_questions.json)
+  launch/evaluate.py count --workdir=W --questions=COUNT.json --image_root=R --out=DIR
+                                                   # GVTBench-style object counting
   launch/evaluate.py caption --workdir=W --images=LAVIS_CAPTIONS.json --image_root=R --annotations=GT.json \\
       --out=DIR                                    # captioning with the prompt "a photo of"
+  launch/evaluate.py retrieval --workdir=W --images=LAVIS_CAPTIONS.json --image_root=R --out=DIR \\
+      [--k_test=128]                               # image-text retrieval of a stage-1 run
   launch/evaluate.py score --task=vqav2|okvqa|gqa|coco_caption|gvt_count --predictions=P --annotations=A \\
       [--questions=Q]
-`vqa` / `caption` write DIR/predictions.json in the official result format and DIR/scores.json, and
-print the scores as one JSON object (accuracy / CIDEr in percent). LAVIS-format inputs are lists of
-{"question_id", "question", "image"} (VQA) or {"image", "image_id"} (captions), image paths relative
-to --image_root. The synthetic benchmark ships all of these (`xformer_jax.data.synthetic`).
+
+Every run mode writes DIR/scores.json and prints the scores as one JSON object (accuracy / CIDEr /
+recall in percent). The question modes (vqa, gqa, count) run a stage-2 run with BLIP-2's zero-shot
+settings (LAVIS's blip2 VQA / GQA eval configs and blip2_opt.predict_answers): the prompt "Question: {}
+Short answer:", beam search with 5 beams, 1 to 10 new tokens, length penalty 0; they and `caption`
+write DIR/predictions.json in the task's official result format. Inputs:
+  vqa        LAVIS questions [{"question_id", "question", "image"}] + VQAv2 annotations (--annotations)
+  gqa        GQA's questions JSON {question_id: {"imageId", "question", "answer", "types"}}; the image of
+             a question is --image_root / --image_pattern with {} replaced by its imageId
+  count      [{"question_id", "question", "image", "count"}], also the annotations of `score
+             --task=gvt_count`; predictions are free-form answers, scored by the first number in them
+  caption    LAVIS caption file [{"image", "image_id"}] + COCO ground truth (--annotations)
+  retrieval  LAVIS caption file, one entry per image: [{"image", "caption": [captions]}]; R@1/5/10 both
+             ways from ITC with ITM re-ranking of each query's top --k_test (LAVIS compute_sim_matrix),
+             the ITC-only recall under "itc", and DIR/rankings.json with every query's top 10
+Image paths are relative to --image_root. The synthetic benchmark ships every one of these files
+(`xformer_jax.data.synthetic`; its GQA images: --image_root=DATA/images/SPLIT --image_pattern={}.png).
 """
 import argparse
 import json
@@ -19,6 +38,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+QUESTION_MODES = ("vqa", "gqa", "count")
+_TOP_RANKED = 10  # candidates per query written to rankings.json
+
 
 def _load(path: str, flag: str):
     if not os.path.isfile(path):
@@ -27,9 +49,22 @@ def _load(path: str, flag: str):
         return json.load(f)
 
 
-def _images(entries, image_root: str):
+def _require(entries, keys: tuple, path: str) -> None:
+    """A list of objects with `keys`, or SystemExit naming the file, the entry and the key."""
+    if not isinstance(entries, list):
+        raise SystemExit(f"{path}: expected a list of objects with {keys}")
+    for index, entry in enumerate(entries):
+        missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise SystemExit(f"{path}: entry {index} has no {missing[0]!r}")
+
+
+def _images(paths):
     from PIL import Image
-    return [Image.open(os.path.join(image_root, e["image"])).convert("RGB") for e in entries]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise SystemExit(f"image {path} not found (check --image_root)")
+    return [Image.open(path).convert("RGB") for path in paths]
 
 
 def _batches(entries, size: int):
@@ -37,61 +72,123 @@ def _batches(entries, size: int):
         yield entries[start:start + size]
 
 
-def _write_predictions(out: str, predictions: list) -> str:
+def _write_json(out: str, name: str, data, indent=None) -> str:
     os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "predictions.json")
+    path = os.path.join(out, name)
     with open(path, "w") as f:
-        json.dump(predictions, f)
+        json.dump(data, f, indent=indent)
     return path
 
 
 def _write_scores(out: str, scores: dict) -> None:
-    with open(os.path.join(out, "scores.json"), "w") as f:
-        json.dump(scores, f, indent=2)
+    _write_json(out, "scores.json", scores, indent=2)
     print(json.dumps(scores))
+
+
+def _answers(args, questions: list[str], image_paths: list[str]) -> list[str]:
+    """The stage-2 run's answers, in batches, with the decoding settings of the flags."""
+    from xformer_jax.inference import Captioner
+    captioner = Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                                       min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty)
+    answers = []
+    for batch in _batches(list(zip(questions, image_paths)), args.batch_size):
+        answers += captioner.vqa(_images([p for _, p in batch]), [q for q, _ in batch], args.prompt)
+    return answers
+
+
+def _scored(args, given: str, evaluated) -> str:
+    """The annotations file `given`; with --limit, `evaluated()` (the evaluated part) written to DIR."""
+    return _write_json(args.out, "annotations_subset.json", evaluated()) if args.limit else given
 
 
 def run_vqa(args) -> None:
     from xformer_jax.eval.score import score
-    from xformer_jax.inference import Captioner
-    entries = _load(args.questions, "--questions")[: args.limit or None]
-    captioner = Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
-    predictions = []
-    for batch in _batches(entries, args.batch_size):
-        answers = captioner.vqa(_images(batch, args.image_root), [e["question"] for e in batch])
-        predictions += [{"question_id": e["question_id"], "answer": a} for e, a in zip(batch, answers)]
-    path = _write_predictions(args.out, predictions)
-    annotations = _subset_annotations(args, {p["question_id"] for p in predictions})
-    _write_scores(args.out, score(args.task, path, annotations))
+    entries = _load(args.questions, "--questions")
+    _require(entries, ("question_id", "question", "image"), args.questions)
+    entries = entries[: args.limit or None]
+    answers = _answers(args, [e["question"] for e in entries], [os.path.join(args.image_root, e["image"])
+                                                                 for e in entries])
+    predictions = [{"question_id": e["question_id"], "answer": a} for e, a in zip(entries, answers)]
+    path = _write_json(args.out, "predictions.json", predictions)
+
+    def evaluated():
+        data, ids = _load(args.annotations, "--annotations"), {p["question_id"] for p in predictions}
+        return {**data, "annotations": [a for a in data["annotations"] if a["question_id"] in ids]}
+    _write_scores(args.out, score(args.task, path, _scored(args, args.annotations, evaluated)))
 
 
-def _subset_annotations(args, ids: set) -> str:
-    """With --limit, score against the annotations of the evaluated questions only."""
-    if not args.limit:
-        return args.annotations
-    data = _load(args.annotations, "--annotations")
-    data = {**data, "annotations": [a for a in data["annotations"] if a["question_id"] in ids]}
-    path = os.path.join(args.out, "annotations_subset.json")
-    os.makedirs(args.out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f)
-    return path
+def run_gqa(args) -> None:
+    from xformer_jax.eval.score import score
+    questions = _load(args.questions, "--questions")
+    if not isinstance(questions, dict):
+        raise SystemExit(f"{args.questions}: expected GQA's questions JSON, an object mapping question ids to "
+                         "questions")
+    for question_id, question in questions.items():
+        missing = [k for k in ("imageId", "question") if not isinstance(question, dict) or k not in question]
+        if missing:
+            raise SystemExit(f"{args.questions}: question {question_id!r} has no {missing[0]!r}")
+    ids = list(questions)[: args.limit or None]
+    answers = _answers(args, [questions[i]["question"] for i in ids],
+                       [os.path.join(args.image_root, args.image_pattern.format(questions[i]["imageId"]))
+                        for i in ids])
+    path = _write_json(args.out, "predictions.json",
+                       [{"questionId": i, "prediction": a} for i, a in zip(ids, answers)])
+    _write_scores(args.out, score("gqa", path, _scored(args, args.questions, lambda: {i: questions[i] for i in ids})))
+
+
+def run_count(args) -> None:
+    from xformer_jax.eval.score import score
+    entries = _load(args.questions, "--questions")
+    _require(entries, ("question_id", "question", "image", "count"), args.questions)
+    entries = entries[: args.limit or None]
+    answers = _answers(args, [e["question"] for e in entries], [os.path.join(args.image_root, e["image"])
+                                                                 for e in entries])
+    path = _write_json(args.out, "predictions.json",
+                       [{"question_id": e["question_id"], "answer": a} for e, a in zip(entries, answers)])
+    _write_scores(args.out, score("gvt_count", path, _scored(args, args.questions, lambda: entries)))
 
 
 def run_caption(args) -> None:
     from xformer_jax.eval.score import score
     from xformer_jax.inference import Captioner
     entries = _load(args.images, "--images")
-    captioner = Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    _require(entries, ("image", "image_id"), args.images)
+    captioner = Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                                       min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty)
     predictions = []
     for batch in _batches(entries, args.batch_size):
-        captions = captioner.caption(_images(batch, args.image_root))
+        captions = captioner.caption(_images([os.path.join(args.image_root, e["image"]) for e in batch]))
         predictions += [{"image_id": int(e["image_id"]), "caption": c} for e, c in zip(batch, captions)]
-    path = _write_predictions(args.out, predictions)
+    path = _write_json(args.out, "predictions.json", predictions)
     _write_scores(args.out, score("coco_caption", path, args.annotations))
 
 
-def main():
+def run_retrieval(args) -> None:
+    import numpy as np
+
+    from xformer_jax.eval import retrieval
+    from xformer_jax.retrieve import Retriever, concatenate
+    entries = _load(args.images, "--images")
+    _require(entries, ("image", "caption"), args.images)
+    texts, text_to_image = [], []
+    for index, entry in enumerate(entries):
+        captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
+        texts += captions
+        text_to_image += [index] * len(captions)
+    retriever = Retriever.from_workdir(args.workdir)
+    images = concatenate([retriever.encode_images(_images([os.path.join(args.image_root, e["image"]) for e in b]))
+                          for b in _batches(entries, args.batch_size)])
+    encoded = concatenate([retriever.encode_texts(b) for b in _batches(texts, args.batch_size)])
+    sims, scores_i2t, scores_t2i = retriever.scores(images, encoded, args.k_test)
+    top = lambda scores: np.argsort(-scores, axis=1, kind="stable")[:, :_TOP_RANKED].tolist()  # noqa: E731
+    _write_json(args.out, "rankings.json", {"images": [e["image"] for e in entries], "texts": texts,
+                                            "i2t": top(scores_i2t), "t2i": top(scores_t2i)})
+    _write_scores(args.out, {"task": "retrieval", **retrieval.recall_at_k(scores_i2t, scores_t2i, text_to_image),
+                             "itc": retrieval.retrieval_recall(sims, text_to_image), "k_test": args.k_test,
+                             "num_images": len(entries), "num_texts": len(texts)})
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     score_cmd = commands.add_parser("score", help="score an existing predictions file")
@@ -99,32 +196,48 @@ def main():
     score_cmd.add_argument("--predictions", required=True)
     score_cmd.add_argument("--annotations", required=True)
     score_cmd.add_argument("--questions", default=None)
-    for name in ("vqa", "caption"):
-        cmd = commands.add_parser(name, help=f"run a stage-2 model ({name}) and score it")
+    for name in (*QUESTION_MODES, "caption", "retrieval"):
+        cmd = commands.add_parser(name, help=f"run a trained model ({name}) and score it")
         cmd.add_argument("--workdir", required=True)
         cmd.add_argument("--image_root", required=True)
-        cmd.add_argument("--annotations", required=True, help="official annotations / COCO ground truth")
         cmd.add_argument("--out", required=True)
         cmd.add_argument("--batch_size", type=int, default=16)
+        if name == "retrieval":
+            cmd.add_argument("--images", required=True, help="LAVIS caption file, one entry per image")
+            cmd.add_argument("--k_test", type=int, default=128, help="candidates per query ITM re-ranks")
+            continue
         cmd.add_argument("--num_beams", type=int, default=5)
-        cmd.add_argument("--max_new_tokens", type=int, default=10 if name == "vqa" else 30)
-        if name == "vqa":
-            cmd.add_argument("--questions", required=True, help="LAVIS-format questions with image paths")
-            cmd.add_argument("--task", default="vqav2", choices=("vqav2", "okvqa"))
-            cmd.add_argument("--limit", type=int, default=0, help="evaluate the first N questions only")
-        else:
+        cmd.add_argument("--max_new_tokens", type=int, default=30 if name == "caption" else 10)
+        cmd.add_argument("--min_new_tokens", type=int, default=1)
+        cmd.add_argument("--length_penalty", type=float, default=1.0 if name == "caption" else 0.0)
+        if name == "caption":
             cmd.add_argument("--images", required=True, help="LAVIS-format caption file (image, image_id)")
-    args = parser.parse_args()
-    if args.command == "score":
-        from xformer_jax.eval.score import score
-        try:
+            cmd.add_argument("--annotations", required=True, help="COCO caption ground truth")
+            continue
+        cmd.add_argument("--questions", required=True, help="the questions file (see above)")
+        cmd.add_argument("--prompt", default="Question: {} Short answer:")
+        cmd.add_argument("--limit", type=int, default=0, help="evaluate the first N questions only")
+        if name == "vqa":
+            cmd.add_argument("--annotations", required=True, help="official VQAv2 / OK-VQA annotations")
+            cmd.add_argument("--task", default="vqav2", choices=("vqav2", "okvqa"))
+        elif name == "gqa":
+            cmd.add_argument("--image_pattern", default="{}.jpg", help="image file of an imageId under --image_root")
+    return parser
+
+
+RUNS = {"vqa": run_vqa, "gqa": run_gqa, "count": run_count, "caption": run_caption, "retrieval": run_retrieval}
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "score":
+            from xformer_jax.eval.score import score
             print(json.dumps(score(args.task, args.predictions, args.annotations, args.questions)))
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
-    elif args.command == "vqa":
-        run_vqa(args)
-    else:
-        run_caption(args)
+        else:
+            RUNS[args.command](args)
+    except (ValueError, FileNotFoundError) as e:  # bad input files, a run of the wrong stage
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 `Captioner.from_workdir(dir)` rebuilds the model from the run's saved config.json, restores its newest
 checkpoint and answers batches of images: captions with the prompt "a photo of", zero-shot VQA with
 "Question: {} Short answer:", decoding stopped at the "\\n" token the training captions end with.
+`restore_run` and `eval_transform` rebuild any run (stage 1 too) and its evaluation preprocessing.
 """
 import dataclasses
 import json
@@ -42,6 +43,28 @@ def restore_params(trainer: loop.Trainer, workdir: str) -> dict:
     return {**state.params, **state.frozen}
 
 
+def restore_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> tuple:
+    """(config, model, params) of the run in workdir: the model rebuilt from its config.json (or
+    `config`, already read from it) with the params of its newest checkpoint."""
+    config = config or load_config(workdir)
+    trainer = loop.make_trainer(config, load_pretrained=False)
+    return config, trainer.model, restore_params(trainer, workdir)
+
+
+def eval_transform(data: ml_collections.ConfigDict) -> transforms.ImageTransform:
+    """The evaluation preprocessing of a run's config.data: a plain resize, no crop or flip."""
+    return transforms.ImageTransform(
+        image_size=data.image_size, mae_image_size=data.mae_image_size or data.image_size,
+        clip_mean=tuple(data.clip_mean), clip_std=tuple(data.clip_std), mae_mean=tuple(data.mae_mean),
+        mae_std=tuple(data.mae_std), train=False, scale=(data.min_scale, data.max_scale), flip=False)
+
+
+def eval_pixels(transform: transforms.ImageTransform, images: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """(CLIP pixels, MAE pixels) NCHW from PIL images."""
+    views = [transform(image.convert("RGB"), None) for image in images]
+    return np.stack([v["pixel_values"] for v in views]), np.stack([v["mae_pixel_values"] for v in views])
+
+
 @dataclasses.dataclass
 class Captioner:
     config: ml_collections.ConfigDict
@@ -50,29 +73,24 @@ class Captioner:
     num_beams: int = 5
     max_new_tokens: int = 20
     min_new_tokens: int = 1
+    length_penalty: float = 1.0  # beam score = log p / length ** length_penalty (LAVIS VQA / GQA: 0)
 
     @classmethod
     def from_workdir(cls, workdir: str, **decoding) -> "Captioner":
         config = load_config(workdir)
         if config.stage != "stage2":
             raise ValueError(f"{workdir} holds a {config.stage} run; captions and answers need stage 2")
-        trainer = loop.make_trainer(config, load_pretrained=False)
-        return cls(config, trainer.model, restore_params(trainer, workdir), **decoding)
+        return cls(*restore_run(workdir, config), **decoding)
 
     def __post_init__(self):
         self.tokenizer = make_tokenizer(self.config.data)
-        data = self.config.data
-        self.transform = transforms.ImageTransform(
-            image_size=data.image_size, mae_image_size=data.mae_image_size or data.image_size,
-            clip_mean=tuple(data.clip_mean), clip_std=tuple(data.clip_std), mae_mean=tuple(data.mae_mean),
-            mae_std=tuple(data.mae_std), train=False, scale=(data.min_scale, data.max_scale), flip=False)
+        self.transform = eval_transform(self.config.data)
         self._embed = jax.jit(lambda p, px, ids, mask, mae_px: self.model.apply(
             {"params": p}, px, ids, mask, mae_px, method=self.model.prompt_embeddings))
 
     def pixels(self, images: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """(CLIP pixels, MAE pixels) NCHW from PIL images, as evaluation preprocesses them."""
-        views = [self.transform(image.convert("RGB"), None) for image in images]
-        return (np.stack([v["pixel_values"] for v in views]), np.stack([v["mae_pixel_values"] for v in views]))
+        return eval_pixels(self.transform, images)
 
     def prompt_ids(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """[bos] + tokens(prompt), left-padded so every prompt ends where generation starts."""
@@ -91,6 +109,7 @@ class Captioner:
         tokens = generate_lib.generate(
             stage2.llm_module(self.model.config.llm), self.params["llm"], embeds, full_mask,
             max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, min_new_tokens=self.min_new_tokens,
+            length_penalty=self.length_penalty,
             eos_token_id=self.tokenizer.eos_id, pad_token_id=self.tokenizer.pad_id)
         return [self._decode(row) for row in np.asarray(tokens)]
 

@@ -4,8 +4,15 @@ A scene holds a few groups of identical shapes ("three small red circles") with 
 colour, size, count and position, so every caption and answer is known exactly, and the questions
 need fine detail (counting, colour, relative position, existence) that X-Former's MAE branch is
 meant to help with. `write_dataset` writes it in the real formats (LAVIS caption / VQA JSON, COCO
-caption ground truth, VQAv2 questions + annotations), so training and evaluation read it like real
-data. Every example is a pure function of (seed, split, index). Pure numpy + PIL.
+caption ground truth, VQAv2 questions + annotations, GQA's questions JSON, GVTBench-style counting
+questions), so training and evaluation read it like real data. Every example is a pure function of
+(seed, split, index). Pure numpy + PIL.
+
+The GQA file files each question under GQA's structural / semantic types (GQA_TYPES): exists ->
+verify / obj (GQA's own existence questions), color -> query / attr (GQA's "what color is the ..."),
+position -> query / rel (an open question about the relation of two objects). GQA has no counting
+questions; a count asks for a property of the named objects, so it is filed as query / attr and
+`types.detailed` keeps the synthetic type. Its imageId is the image's file name without ".png".
 
 CLI: python -m xformer_jax.data.synthetic --out=DIR [--seed=0 --num_train=N --num_val=N
 --num_test=N --image_size=224] prints the written paths as JSON.
@@ -38,6 +45,8 @@ SIZES = {"small": 0.035, "large": 0.065}  # half-extent, as a fraction of the im
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 SPLITS = ("train", "val", "test")
 QUESTION_TYPES = ("count", "color", "position", "exists")
+GQA_TYPES = {"count": ("query", "attr"), "color": ("query", "attr"), "position": ("query", "rel"),
+             "exists": ("verify", "obj")}  # question type -> GQA (structural, semantic) type, see above
 MAX_GROUPS = 4  # one group per cell of a 2x2 grid
 MAX_COUNT = 6  # the largest number word
 MIN_IMAGE_SIZE = 32
@@ -333,6 +342,8 @@ def dataset_paths(out_dir: str | os.PathLike) -> dict[str, str]:
         paths[f"vqa_{split}_questions"] = os.path.join(ann, f"vqa_{split}_questions.json")
         paths[f"vqa_{split}_annotations"] = os.path.join(ann, f"vqa_{split}_annotations.json")
         paths[f"vqa_{split}"] = os.path.join(ann, f"vqa_{split}.json")
+        paths[f"gqa_{split}_questions"] = os.path.join(ann, f"gqa_{split}_questions.json")
+        paths[f"count_{split}"] = os.path.join(ann, f"count_{split}.json")
     return paths
 
 
@@ -391,10 +402,12 @@ def _write_split(paths: dict[str, str], seed: int, split: str, num: int, image_s
     os.makedirs(image_dir, exist_ok=True)
     _remove_stale_images(image_dir, split, num)
     captions, gt_images, gt_captions, vqa_questions, vqa_annotations, vqa_lavis = [], [], [], [], [], []
+    gqa_questions, count_questions = {}, []
     type_counts = {t: 0 for t in QUESTION_TYPES}
     for index in range(num):
         example = make_example(seed, split, index, image_size)
-        rel = f"images/{split}/{split}_{index:06d}.png"
+        stem = f"{split}_{index:06d}"
+        rel = f"images/{split}/{stem}.png"
         iid = image_id(split, index)
         _write_bytes(os.path.join(paths["root"], rel), _png_bytes(example.image))
         if split == "train":
@@ -423,6 +436,14 @@ def _write_split(paths: dict[str, str], seed: int, split: str, num: int, image_s
                 "dataset": "synthetic",
                 "question_type": qa.question_type,
             })
+            structural, semantic = GQA_TYPES[qa.question_type]
+            gqa_questions[str(qid)] = {
+                "imageId": stem, "question": qa.question, "answer": qa.answer, "isBalanced": True,
+                "types": {"structural": structural, "semantic": semantic, "detailed": qa.question_type},
+            }
+            if qa.question_type == "count":
+                count_questions.append({"question_id": qid, "question": qa.question, "image": rel,
+                                        "count": int(qa.answer)})
     info = {"description": "xformer-jax synthetic shapes", "version": str(VERSION), "seed": seed, "split": split}
     licence = {"name": "generated", "url": ""}
     _write_json(paths[f"caption_{split}"], captions)
@@ -439,6 +460,8 @@ def _write_split(paths: dict[str, str], seed: int, split: str, num: int, image_s
         "annotations": vqa_annotations,
     })
     _write_json(paths[f"vqa_{split}"], vqa_lavis)
+    _write_json(paths[f"gqa_{split}_questions"], gqa_questions)
+    _write_json(paths[f"count_{split}"], count_questions)
     return {"images": num, "captions": num * _CAPTIONS_PER_IMAGE[split], "questions": len(vqa_questions),
             "question_types": type_counts}
 

@@ -1,0 +1,167 @@
+"""launch/evaluate.py's gqa / count / retrieval modes end to end on tiny trained runs, and the synthetic
+benchmark's GQA and counting files; retrieval with ITM re-ranking against a brute-force reference."""
+import functools
+import json
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from launch import evaluate
+from tiny import tiny_config, tiny_stage2_config
+from xformer_jax import inference, retrieve
+from xformer_jax.data import bpe, synthetic
+from xformer_jax.data.tokenizers import QFormerTokenizer
+from xformer_jax.data.transforms import clean_caption
+from xformer_jax.eval import retrieval
+from xformer_jax.eval.vqa import normalize_answer
+from xformer_jax.train import loop
+
+K_TEST = 3  # below the 8 images / 40 texts of the val split, so re-ranking leaves most pairs at -100
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A stage-1 run and the stage-2 run started from it, as tests/test_stage2.py trains them (the same
+    configs, so the persistent compilation cache serves both modules' train steps)."""
+    workdir = tmp_path_factory.mktemp("evaluate")
+    stage1 = tiny_config(workdir)
+    paths = synthetic.write_dataset(stage1.data.path, **stage1.data.synthetic.to_dict())
+    texts = [e["caption"] for e in json.load(open(paths["caption_train"]))]
+    tokenizer = bpe.train_bpe(texts + ["a photo of", "Question: Short answer:"], str(workdir / "tokenizer.json"), 400)
+    loop.train(stage1, str(workdir / "run1"))
+    stage2 = tiny_stage2_config(workdir, tokenizer)
+    stage2.init_from = str(workdir / "run1")
+    stage2.total_steps, stage2.checkpoint_every = 2, 2
+    loop.train(stage2, str(workdir / "run2"))
+    return {"paths": paths, "stage1": str(workdir / "run1"), "stage2": str(workdir / "run2"), "out": workdir}
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_synthetic_gqa_and_count_files_restate_the_vqa_questions(tmp_path):
+    paths = synthetic.write_dataset(tmp_path, num_train=2, num_val=3, num_test=0, image_size=32)
+    annotations = {a["question_id"]: a for a in _load(paths["vqa_val_annotations"])["annotations"]}
+    questions = {q["question_id"]: q["question"] for q in _load(paths["vqa_val_questions"])["questions"]}
+    gqa = _load(paths["gqa_val_questions"])
+    assert sorted(gqa) == sorted(str(i) for i in annotations)
+    for question_id, entry in gqa.items():
+        vqa = annotations[int(question_id)]
+        assert entry["question"] == questions[int(question_id)] and entry["answer"] == vqa["multiple_choice_answer"]
+        assert (entry["types"]["structural"], entry["types"]["semantic"]) == synthetic.GQA_TYPES[vqa["question_type"]]
+        assert entry["types"]["detailed"] == vqa["question_type"] and entry["isBalanced"] is True
+        image_index = vqa["image_id"] - synthetic.image_id("val", 0)
+        assert entry["imageId"] == f"val_{image_index:06d}"
+        assert (tmp_path / "images" / "val" / f"{entry['imageId']}.png").is_file()
+    count = _load(paths["count_val"])
+    assert [c["question_id"] for c in count] == [i for i, a in annotations.items() if a["question_type"] == "count"]
+    assert len(count) == 3  # one count question per image
+    for entry in count:
+        vqa = annotations[entry["question_id"]]
+        assert entry["count"] == int(vqa["multiple_choice_answer"])
+        assert entry["question"] == questions[vqa["question_id"]]
+        assert (tmp_path / entry["image"]).is_file()
+
+
+DECODING = ["--num_beams=2", "--max_new_tokens=3", "--batch_size=8"]
+
+
+def test_gqa_and_count_runs_write_official_predictions_and_scores(runs, capsys):
+    data, out = runs["paths"], runs["out"]
+    evaluate.main(["gqa", f"--workdir={runs['stage2']}", f"--questions={data['gqa_val_questions']}",
+                   f"--image_root={data['images_val']}", "--image_pattern={}.png", f"--out={out / 'gqa'}",
+                   "--limit=8", *DECODING])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    predictions = _load(out / "gqa" / "predictions.json")
+    questions = _load(data["gqa_val_questions"])
+    assert [p["questionId"] for p in predictions] == list(questions)[:8]
+    assert all(isinstance(p["prediction"], str) for p in predictions)
+    assert printed == _load(out / "gqa" / "scores.json") and printed["num_questions"] == 8
+    correct = [normalize_answer(p["prediction"]) == normalize_answer(questions[p["questionId"]]["answer"])
+               for p in predictions]
+    assert printed["accuracy"] == round(100 * np.mean(correct), 2)
+    assert set(printed["per_structural_type"]) <= {"query", "verify"}
+    assert set(printed["per_semantic_type"]) <= {"attr", "rel", "obj"}
+
+    evaluate.main(["count", f"--workdir={runs['stage2']}", f"--questions={data['count_val']}",
+                   f"--image_root={data['root']}", f"--out={out / 'count'}", *DECODING])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    counts = _load(data["count_val"])
+    answers = {p["question_id"]: p["answer"] for p in _load(out / "count" / "predictions.json")}
+    assert list(answers) == [c["question_id"] for c in counts] and printed["num_questions"] == len(counts) == 8
+    assert printed["task"] == "gvt_count" and 0.0 <= printed["accuracy"] <= 100.0
+    # The same question on the same image (found through GQA's imageId) gets the same answer in both modes.
+    by_gqa = {int(p["questionId"]): p["prediction"] for p in predictions}
+    shared = set(by_gqa) & set(answers)
+    assert shared and all(by_gqa[i] == answers[i] for i in shared)
+
+
+def test_retrieval_refuses_a_stage2_run(runs):
+    data = runs["paths"]
+    with pytest.raises(SystemExit, match="stage2 run"):
+        evaluate.main(["retrieval", f"--workdir={runs['stage2']}", f"--images={data['caption_val']}",
+                       f"--image_root={data['root']}", f"--out={runs['out'] / 'nothing'}"])
+
+
+def _reference_scores(config, model, params, entries, image_root, k_test):
+    """ITC similarities from the model's paired retrieval pass, ITM logits of every (image, text) pair from
+    the pixels, and LAVIS's re-ranking written out: (sims, scores_i2t, scores_t2i, text_to_image)."""
+    transform = inference.eval_transform(config.data)
+    pixels, mae_pixels = inference.eval_pixels(transform, [Image.open(f"{image_root}/{e['image']}") for e in entries])
+    texts = [c for e in entries for c in e["caption"]]
+    text_to_image = np.repeat(np.arange(len(entries)), [len(e["caption"]) for e in entries])
+    tokens = QFormerTokenizer(config.data.vocab_path or None, config.data.max_len)(
+        [clean_caption(t, config.data.max_words) for t in texts])
+    variables = {"params": params}
+    image_embeds, text_embeds = jax.jit(functools.partial(model.apply, method=model.retrieval_embeddings))(
+        variables, pixels[text_to_image], tokens["input_ids"], tokens["attention_mask"], mae_pixels[text_to_image])
+    first_text = np.searchsorted(text_to_image, np.arange(len(entries)))
+    sims = np.einsum("iqd,td->iqt", np.asarray(image_embeds)[first_text], np.asarray(text_embeds)).max(axis=1)
+    pair_image, pair_text = np.divmod(np.arange(len(entries) * len(texts)), len(texts))
+
+    def itm(m, px, mpx, ids, mask):
+        images = m.encode_images(px, mpx, mask_ratio=0.0)
+        return m.itm_logits(images["clip"], images.get("mae"), ids, mask)[:, 1]
+    logits = np.asarray(jax.jit(functools.partial(model.apply, method=itm))(
+        variables, pixels[pair_image], mae_pixels[pair_image], tokens["input_ids"][pair_text],
+        tokens["attention_mask"][pair_text])).reshape(len(entries), len(texts))
+    i2t = np.full(sims.shape, -100.0)
+    t2i = np.full(sims.T.shape, -100.0)
+    for image in range(len(entries)):
+        top = np.argsort(-sims[image])[:k_test]
+        i2t[image, top] = logits[image, top] + sims[image, top]
+    for text in range(len(texts)):
+        top = np.argsort(-sims[:, text])[:k_test]
+        t2i[text, top] = logits[top, text] + sims[top, text]
+    return sims, i2t, t2i, text_to_image
+
+
+def test_retrieval_with_itm_reranking_equals_a_brute_force_reference(runs, capsys):
+    data, out = runs["paths"], runs["out"] / "retrieval"
+    entries = _load(data["caption_val"])
+    retriever = retrieve.Retriever.from_workdir(runs["stage1"])
+    sims, ref_i2t, ref_t2i, text_to_image = _reference_scores(retriever.config, retriever.model, retriever.params,
+                                                              entries, data["root"], K_TEST)
+    images = retriever.encode_images([Image.open(f"{data['root']}/{e['image']}") for e in entries])
+    texts = retriever.encode_texts([c for e in entries for c in e["caption"]])
+    got_sims, got_i2t, got_t2i = retriever.scores(images, texts, K_TEST)
+    assert np.abs(got_sims - sims).max() < 1e-5
+    assert np.abs(got_i2t - ref_i2t).max() < 1e-5 and np.abs(got_t2i - ref_t2i).max() < 1e-5
+    assert (got_i2t == -100).sum() == len(entries) * (len(text_to_image) - K_TEST)
+
+    evaluate.main(["retrieval", f"--workdir={runs['stage1']}", f"--images={data['caption_val']}",
+                   f"--image_root={data['root']}", f"--out={out}", f"--k_test={K_TEST}", "--batch_size=8"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    reference = retrieval.recall_at_k(ref_i2t, ref_t2i, text_to_image)
+    assert printed == _load(out / "scores.json")
+    for key, value in reference.items():
+        assert printed[key] == pytest.approx(value, abs=1e-9), key
+    assert printed["itc"] == pytest.approx(retrieval.retrieval_recall(sims, text_to_image))
+    rankings = _load(out / "rankings.json")
+    np.testing.assert_array_equal(rankings["i2t"], np.argsort(-ref_i2t, axis=1, kind="stable")[:, :10])
+    np.testing.assert_array_equal(rankings["t2i"], np.argsort(-ref_t2i, axis=1, kind="stable")[:, :10])
+    assert printed["num_images"] == 8 and printed["num_texts"] == 40

@@ -1,0 +1,38 @@
+"""benchmarks/gpu_report.py: the peak table, the ViT-L configs it builds, and a --tiny smoke run on CPU."""
+import math
+
+import pytest
+
+from benchmarks import gpu_report
+from xformer_jax.train import build
+
+
+@pytest.mark.parametrize("kind, peak", [("NVIDIA H200", 989.0), ("NVIDIA H200 NVL", 835.0),
+                                        ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
+                                        ("NVIDIA A100-SXM4-80GB", 312.0), ("TPU v5 lite", 197.0), ("cpu", None)])
+def test_peak_of_device_kind(kind, peak):
+    assert gpu_report.peak_tflops(kind) == peak
+
+
+def test_vit_l_configs_have_the_reported_sizes():
+    stage1, stage2 = gpu_report.vit_l_configs((128, 64))
+    assert (stage1.batch_size, stage2.batch_size, stage1.stage, stage2.stage) == (128, 64, "stage1", "stage2")
+    for config in (stage1, stage2):
+        model = build.model_config(config)  # validates widths (Q-Former encoder_width = vision width)
+        assert (model.vision.hidden_size, model.vision.num_hidden_layers, model.vision.patch_size) == (1024, 24, 14)
+        assert (model.mae.hidden_size, model.mae.num_hidden_layers, model.qformer.hidden_size) == (1024, 24, 768)
+        assert config.model.dtype == config.model.frozen_dtype == "bfloat16"
+    assert (build.model_config(stage2).llm.hidden_size, build.model_config(stage2).llm.num_hidden_layers) == (2048, 24)
+
+
+def test_tiny_run_reports_rates_flops_and_mfu(capsys):
+    report = gpu_report.main(["--tiny", "--stages=stage2", "--warmup=1", "--iters=2", "--peak_tflops=0.5"])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith('{"device_kind"')
+    assert "stage1" not in report and report["sizes"] == "tiny" and report["peak_bf16_tflops_per_chip"] == 0.5
+    stage = report["stage2"]
+    assert stage["batch"] == 8 and stage["xla_flops_per_step"] > 0 and stage["step_s"] > 0
+    assert stage["examples_per_s"] == pytest.approx(8 / stage["step_s"])
+    assert stage["achieved_tflops_per_s"] == pytest.approx(stage["xla_flops_per_step"] / stage["step_s"] / 1e12)
+    assert stage["mfu"] == pytest.approx(stage["achieved_tflops_per_s"] / 0.5)
+    assert stage["trainable_params"] > 0 and stage["frozen_params"] > 0
+    assert all(math.isfinite(v) for v in stage["last_losses"].values())

@@ -1,0 +1,99 @@
+"""Image-text retrieval with a trained stage-1 run, scored as LAVIS's `compute_sim_matrix` scores BLIP-2.
+
+ITC ranks every pair: similarity = max over the queries of <image query embedding, text embedding>
+(both L2-normalised; MAE unmasked). ITM then re-scores each query's top `k_test` candidates with the
+match logit of the joint pass plus the ITC similarity (`eval.retrieval.itm_rerank`). The towers'
+features of every image are computed once and kept on the devices (LAVIS keeps them on the GPU), so
+re-ranking runs only the Q-Former's joint pass, on the pairs each query picked. Texts are cleaned as
+BLIP's caption processor does and tokenised to `config.data.max_len`.
+"""
+import dataclasses
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from xformer_jax import inference
+from xformer_jax.data.tokenizers import QFormerTokenizer
+from xformer_jax.data.transforms import clean_caption
+from xformer_jax.eval import retrieval
+from xformer_jax.models import xformer
+
+
+def _image_side(model: xformer.Stage1Model, pixel_values, mae_pixel_values):
+    """Tower features (what ITM reads again) and the ITC query embeddings (B, Q, D)."""
+    images = model.encode_images(pixel_values, mae_pixel_values, mask_ratio=0.0)
+    queries, _, _ = model.query_states(images)
+    return {"clip": images["clip"], "mae": images.get("mae"), "embeds": model.qformer.image_embeddings(queries)}
+
+
+def _text_side(model: xformer.Stage1Model, input_ids, attention_mask):
+    return model.qformer.text_embeddings(model.qformer.encode_text(input_ids, attention_mask))
+
+
+def _match_logits(model: xformer.Stage1Model, images: dict, texts: dict, image_index, text_index):
+    """ITM match logit (BLIP-2's retrieval score) of the pairs (image_index[i], text_index[i])."""
+    mae = None if images["mae"] is None else images["mae"][image_index]
+    logits = model.itm_logits(images["clip"][image_index], mae, texts["input_ids"][text_index],
+                              texts["attention_mask"][text_index])
+    return logits[:, 1]
+
+
+def similarities(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
+    """ITC similarities [n_images, n_texts]: the best query of each image (no temperature)."""
+    return np.einsum("iqd,td->iqt", image_embeds, text_embeds).max(axis=1)
+
+
+def concatenate(parts: Sequence[dict]) -> dict:
+    """One dict from the per-batch outputs of encode_images / encode_texts."""
+    return {k: None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@dataclasses.dataclass
+class Retriever:
+    config: ml_collections.ConfigDict
+    model: xformer.Stage1Model
+    params: dict
+
+    @classmethod
+    def from_workdir(cls, workdir: str) -> "Retriever":
+        config = inference.load_config(workdir)
+        if config.stage != "stage1":
+            raise ValueError(f"{workdir} holds a {config.stage} run, whose Q-Former keeps only its query path "
+                             "(no text embeddings, ITC projections or ITM head, as in LAVIS); retrieval needs "
+                             "the stage-1 run it started from")
+        return cls(*inference.restore_run(workdir, config))
+
+    def __post_init__(self):
+        data = self.config.data
+        self.tokenizer = QFormerTokenizer(data.vocab_path or None, data.max_len)
+        self.transform = inference.eval_transform(data)
+        self._variables = {"params": self.params}
+        self._images = jax.jit(lambda v, px, mpx: self.model.apply(v, px, mpx, method=_image_side))
+        self._texts = jax.jit(lambda v, ids, mask: self.model.apply(v, ids, mask, method=_text_side))
+        self._match = jax.jit(lambda v, i, t, ii, ti: self.model.apply(v, i, t, ii, ti, method=_match_logits))
+
+    def encode_images(self, images: Sequence) -> dict:
+        """{"clip", "mae" (None without MAE), "embeds"} as numpy arrays for PIL images."""
+        pixel_values, mae_pixel_values = inference.eval_pixels(self.transform, images)
+        return jax.tree.map(np.asarray, self._images(self._variables, pixel_values, mae_pixel_values))
+
+    def encode_texts(self, texts: Sequence[str]) -> dict:
+        """{"input_ids", "attention_mask", "embeds"} for raw captions."""
+        tokens = self.tokenizer([clean_caption(t, self.config.data.max_words) for t in texts])
+        embeds = self._texts(self._variables, tokens["input_ids"], tokens["attention_mask"])
+        return {**tokens, "embeds": np.asarray(embeds)}
+
+    def scores(self, images: dict, texts: dict, k_test: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ITC similarities [n_images, n_texts], ITM-re-ranked scores i2t, t2i) of encoded images / texts
+        (concatenations of encode_images / encode_texts outputs)."""
+        sims = similarities(images["embeds"], texts["embeds"])
+        on_device = jax.device_put({"images": {"clip": images["clip"], "mae": images["mae"]},
+                                    "texts": {k: texts[k] for k in ("input_ids", "attention_mask")}})
+
+        def match(image_index: np.ndarray, text_index: np.ndarray) -> np.ndarray:
+            return np.asarray(self._match(self._variables, on_device["images"], on_device["texts"],
+                                          image_index.astype(np.int32), text_index.astype(np.int32)))
+
+        return (sims, *retrieval.itm_rerank(sims, match, k_test))
