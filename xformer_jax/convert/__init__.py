@@ -1,8 +1,10 @@
-"""Hugging Face checkpoints -> (Flax module, params), with NumPy only.
+"""Hugging Face checkpoints -> (Flax module, params), with NumPy only, and back.
 
 `from_hf(hf_dir)` reads a directory written by transformers' `save_pretrained` (config.json plus
 model.safetensors or a sharded index) and returns a module whose `apply` takes HF input names and
-layouts and returns HF output field names.
+layouts and returns HF output field names. `workdir.convert` turns a whole BLIP-2 directory into a
+workdir (config.json + checkpoint) and a component into a params file; `export.export` writes a
+checkpoint back as transformers / xformer_jax.torch safetensors (launch/convert.py, launch/export.py).
 """
 from xformer_jax.convert.hf import SUPPORTED_ARCHITECTURES, LoadReport, from_hf, load_hf
 from xformer_jax.convert.mapping import CheckpointMismatch

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from xformer_jax.convert import mapping, safetensors_io, tables
+from xformer_jax.convert import mapping, safetensors_io, stage, tables
 from xformer_jax.models import blip2_retrieval, mae, qformer, vit
-from xformer_jax.models import llama, opt
+from xformer_jax.models import llama, opt, stage2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +190,26 @@ def _drop_tied_lm_head(tensors: dict) -> dict:
     return tensors
 
 
+def _stage2_inputs(module) -> dict:
+    v = module.config.vision
+    ids = jnp.zeros((2, 4), jnp.int32)
+    return {"pixel_values": jnp.zeros((2, v.num_channels, v.image_size, v.image_size), jnp.float32),
+            "input_ids": ids, "attention_mask": jnp.ones_like(ids), "labels": ids}
+
+
+_QFORMER_TEXT_FFN = re.compile(r"qformer\.encoder\.layer\.\d+\.(intermediate|output)\.")
+
+
+def _blip2_generation_fixups(tensors: dict) -> dict:
+    """Legacy q/v biases fused; a saved copy of the tied LM head dropped (see `_drop_tied_lm_head`); a
+    Q-Former text FFN (use_qformer_text_input) dropped: generation runs the query positions only."""
+    prefix = "language_model."
+    llm = _drop_tied_lm_head({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    rest = {k: v for k, v in _merge_eva_qv_bias(tensors).items()
+            if not k.startswith(prefix) and not _QFORMER_TEXT_FFN.match(k)}
+    return {**rest, **{prefix + k: v for k, v in llm.items()}}
+
+
 RECIPES: dict[str, Recipe] = {
     "CLIPVisionModel": Recipe(**_CLIP),
     "CLIPModel": Recipe(**_CLIP, prefix_required=True, sub_config="vision_config"),
@@ -199,6 +219,14 @@ RECIPES: dict[str, Recipe] = {
     "Blip2ForImageTextRetrieval": Recipe(
         build=_blip2_retrieval, table=tables.BLIP2_RETRIEVAL, dummy_inputs=_retrieval_inputs,
         fixups=_merge_eva_qv_bias, fresh=tuple(f"qformer/{r}" for r in _RETRIEVAL_FRESH), notes=_RETRIEVAL_NOTES),
+    # The whole stage-2 model: Stage2Model's params (fusion blip2), transformers' names (tables.stage_model).
+    "Blip2ForConditionalGeneration:stage2": Recipe(
+        build=lambda c, o: stage2.Stage2Model(stage.stage2_config_from_hf(c, **o)),
+        table=tables.stage_model("eva", ("opt", "llama")), dummy_inputs=_stage2_inputs,
+        fixups=_blip2_generation_fixups, fresh=(r"qformer/temp",),
+        notes=("vision_model.post_layernorm read as the Q-Former's ln_vision (the tower's features are its last "
+               "block, feature_layer=-1)", "qformer/temp (stage-1 ITC temperature) is not in the checkpoint: 0.07",
+               "a Q-Former text FFN (use_qformer_text_input) is not read: generation runs the queries only")),
     "Blip2Model": Recipe(**_BLIP2_VISION),
     "CLIPModel:vision": Recipe(**_CLIP, prefix_required=True, sub_config="vision_config"),
     "Blip2ForConditionalGeneration:vision": Recipe(**_BLIP2_VISION),

@@ -8,9 +8,12 @@ holds there. Keys that name a bare parameter (e.g. "embeddings.class_embedding")
 whole, and are tried first. Leading singleton dimensions may differ (HF stores the CLS token as (1, 1, D), we keep (1, D));
 any other shape difference, any key without a rule, and any Flax param left unfilled is an error
 that names the file, the key and both shapes.
+
+`flax_to_hf` runs the same tables backwards for export (kernels transposed back, leading singleton
+dims restored), so each family's names live in one place.
 """
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from flax import traverse_util
@@ -114,3 +117,77 @@ def hf_to_flax(tensors: Mapping[str, np.ndarray], origin: Mapping[str, str], tab
 def flat_shapes(params) -> dict[str, tuple]:
     """'/'-joined path -> shape for a (possibly abstract) params tree."""
     return {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(params).items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The inverse: Flax params -> HF names and layouts, from the same tables.
+# ------------------------------------------------------------------------------------------------
+
+def _compile_inverse(table: Table) -> list[tuple[re.Pattern, str]]:
+    compiled = []
+    for hf, flax in table:
+        pattern = re.escape(flax).replace(r"\{i\}", r"(?P<i>\d+)")
+        compiled.append((re.compile(pattern + r"\Z"), hf))
+    return compiled
+
+
+def _to_hf_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+    """The inverse of `_to_flax_layout`: Linear (in, out) -> (out, in), Conv HWIO -> OIHW."""
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    if leaf == "kernel" and array.ndim == 4:
+        return np.transpose(array, (3, 2, 0, 1))
+    return array
+
+
+def _with_rank(array: np.ndarray, ndim: int, name: str) -> np.ndarray:
+    """Add or drop leading size-1 dims to reach `ndim` (HF's (1, 1, D) CLS token from our (1, D))."""
+    shape = list(array.shape)
+    while len(shape) > ndim and shape[0] == 1:
+        shape.pop(0)
+    shape = [1] * max(ndim - len(shape), 0) + shape
+    if len(shape) != ndim:
+        raise ValueError(f"{name}: cannot give shape {array.shape} rank {ndim}")
+    return array.reshape(shape)
+
+
+def flax_to_hf(flat: Mapping[str, np.ndarray], table: Table, ndims: Optional[Mapping[str, int]] = None,
+               drop: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """'/'-joined Flax params -> {HF name: array in HF layout}, inverting an import table.
+
+    A rule whose Flax side is a whole param path names a bare HF parameter; otherwise the rule names
+    a module and the leaf becomes `weight` (kernel: transposed back; scale; embedding) or `bias`.
+    The first rule that matches wins, so a table that reads several HF spellings writes the one it
+    lists first. `ndims` gives the HF rank of bare params stored with extra (or fewer) leading
+    singleton dims; `drop` lists regexes of Flax paths knowingly not exported. Any other param
+    without a rule, and two params landing on one name, raise CheckpointMismatch.
+    """
+    compiled = _compile_inverse(table)
+    dropped = [re.compile(p) for p in drop]
+    ndims = dict(ndims or {})
+    out, source, problems = {}, {}, []
+    for path in sorted(flat):
+        array = np.asarray(flat[path])
+        if any(p.fullmatch(path) for p in dropped):
+            continue
+        name = _lookup(compiled, path)
+        if name is None:
+            module, _, leaf = path.rpartition("/")
+            hf_module = _lookup(compiled, module) if module else None
+            if hf_module is None:
+                problems.append(f"Flax param {path!r} {tuple(array.shape)} has no export rule")
+                continue
+            name = f"{hf_module}.{'bias' if leaf == 'bias' else 'weight'}"
+            array = _to_hf_layout(array, leaf)
+        if name in ndims:
+            array = _with_rank(array, ndims[name], name)
+        if name in out:
+            problems.append(f"Flax params {source[name]!r} and {path!r} both export as {name!r}")
+            continue
+        out[name], source[name] = array, path
+    if problems:
+        shown = problems[:MAX_LISTED]
+        if len(problems) > MAX_LISTED:
+            shown.append(f"... and {len(problems) - MAX_LISTED} more")
+        raise CheckpointMismatch(f"{len(problems)} problem(s) exporting the params:\n  " + "\n  ".join(shown))
+    return out

@@ -45,15 +45,16 @@ def mae_encoder(hf_prefix: str = "", flax_prefix: str = "") -> list[tuple[str, s
 
 
 # transformers 5 writes the decoder blocks as `decoder_encoder.layer.N`, the released MAE
-# checkpoints as `decoder_layers.N`: both are read.
+# checkpoints as `decoder_layers.N`: both are read; export writes the first rule that matches, so
+# transformers 5's names come first.
 MAE_DECODER = [
     ("decoder.decoder_embed", "decoder/embed"),
     ("decoder.mask_token", "decoder/mask_token"),
     ("decoder.decoder_pos_embed", "decoder/pos_embed"),
     ("decoder.decoder_norm", "decoder/norm"),
     ("decoder.decoder_pred", "decoder/pred"),
-    *_vit_block("decoder.decoder_layers.{i}", "decoder/blocks/block_{i}", MAE_BLOCK),
     *_vit_block("decoder.decoder_encoder.layer.{i}", "decoder/blocks/block_{i}", MAE_BLOCK),
+    *_vit_block("decoder.decoder_layers.{i}", "decoder/blocks/block_{i}", MAE_BLOCK),
 ]
 
 
@@ -136,3 +137,80 @@ LLAMA_CAUSAL_LM = [
     *_vit_block("model.layers.{i}", "layer_{i}", LLAMA_LAYER),
     ("lm_head", "lm_head"),
 ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole stage-1 / stage-2 models (import of BLIP-2 checkpoints and export, which inverts these rules).
+# ------------------------------------------------------------------------------------------------
+
+def cross_block(hf: str, flax: str) -> list[tuple[str, str]]:
+    """fusion.CrossBlock as transformers' Q-Former modules hold it: `crossattention` a
+    Blip2QFormerAttention (keys / values from the other stream's width), then Blip2QFormerIntermediate
+    and Blip2QFormerOutput (`intermediate`, `output`)."""
+    rules = [(f"{hf}.crossattention.attention.{p}", f"{flax}/crossattention/{p}") for p in ("query", "key", "value")]
+    return rules + [(f"{hf}.crossattention.output.dense", f"{flax}/crossattention/output/dense"),
+                    (f"{hf}.crossattention.output.LayerNorm", f"{flax}/crossattention/output/layernorm"),
+                    (f"{hf}.intermediate.dense", f"{flax}/intermediate/dense"),
+                    (f"{hf}.output.dense", f"{flax}/output/dense"),
+                    (f"{hf}.output.LayerNorm", f"{flax}/output/layernorm")]
+
+
+# The fusion variants' own params (models/fusion.py, Stage1Model.setup) -> xformer_jax.torch's names.
+FUSION = [
+    *cross_block("dual.mae_block", "dual/mae_block"),
+    *cross_block("dual.query_block", "dual/query_block"),
+    *cross_block("duals.{i}.mae_block", "duals_{i}/mae_block"),
+    *cross_block("duals.{i}.query_block", "duals_{i}/query_block"),
+    *cross_block("mae_xattn.{i}", "mae_xattn_{i}"),
+    ("mae_to_clip.proj", "mae_to_clip/proj"),
+]
+
+# What the stage-1 Q-Former has beyond Blip2ForImageTextRetrieval: the ITG head (BERT's names) and temp.
+QFORMER_EXTRAS = [
+    ("cls.predictions.transform.dense", "lm_head/dense"),
+    ("cls.predictions.transform.LayerNorm", "lm_head/layernorm"),
+    ("cls.predictions.bias", "lm_head/bias"),
+    ("temp", "temp"),
+]
+
+LLM_TABLES = {"opt": OPT_CAUSAL_LM, "llama": LLAMA_CAUSAL_LM}
+
+
+def stage_model(vision_kind: str = "eva", llm_kinds: tuple = ()) -> list[tuple[str, str]]:
+    """Stage1Model / Stage2Model params <-> one flat namespace: transformers' BLIP-2 names wherever
+    BLIP-2 has the part (Blip2ForImageTextRetrieval at stage 1, Blip2ForConditionalGeneration at
+    stage 2), plus the X-Former parts (`FUSION`, the MAE as ViTMAEForPreTraining under `mae.`).
+
+    The Q-Former's ln_vision is the EVA tower's `post_layernorm` (as in HF BLIP-2, whose tower output
+    the Q-Former reads); a CLIP tower's post_layernorm normalises only the pooled token, so there
+    ln_vision has a name of its own. `llm_kinds` adds `language_model.` rules for those LLMs (export
+    passes exactly one, so that every param has a single name)."""
+    if vision_kind not in ("eva", "clip"):
+        raise ValueError(f"vision kind {vision_kind!r} is not one of ('eva', 'clip')")
+    vision = EVA_VISION if vision_kind == "eva" else CLIP_VISION
+    rules = [(f"vision_model.{hf}", f"vision/{flax}") for hf, flax in vision if hf != "post_layernorm"]
+    rules.append(("vision_model.post_layernorm" if vision_kind == "eva" else "ln_vision", "qformer/ln_vision"))
+    rules += [(hf, f"qformer/{flax}") for hf, flax in BLIP2_RETRIEVAL_QFORMER if hf != "vision_model.post_layernorm"]
+    rules += [(hf, f"qformer/{flax}") for hf, flax in QFORMER_EXTRAS]
+    rules += FUSION
+    rules += mae_encoder("mae.vit.", "mae/encoder/")
+    rules += [(f"mae.{hf}", f"mae/{flax}") for hf, flax in MAE_DECODER]
+    if llm_kinds:
+        rules.append(("language_projection", "llm_proj"))
+    for kind in llm_kinds:
+        rules += [(f"language_model.{hf}", f"llm/{flax}") for hf, flax in LLM_TABLES[kind]]
+    return rules
+
+
+def stage_model_ndims(vision_kind: str) -> dict[str, int]:
+    """Bare params whose transformers tensor has leading singleton dims ours lacks (or fewer): their
+    rank there. Everything else keeps its rank (kernels transposed, see mapping.flax_to_hf)."""
+    return {
+        "vision_model.embeddings.class_embedding": 3 if vision_kind == "eva" else 1,
+        **({"vision_model.embeddings.position_embedding": 3} if vision_kind == "eva" else {}),
+        "query_tokens": 3,
+        "mae.vit.embeddings.cls_token": 3,
+        "mae.vit.embeddings.position_embeddings": 3,
+        "mae.decoder.mask_token": 3,
+        "mae.decoder.decoder_pos_embed": 3,
+    }
