@@ -150,14 +150,16 @@ def run_count(args) -> None:
 
 def run_caption(args) -> None:
     from xformer_jax.eval.score import score
-    from xformer_jax.inference import Captioner
+    from xformer_jax.inference import CAPTION_PROMPT, Captioner
     entries = _load(args.images, "--images")
     _require(entries, ("image", "image_id"), args.images)
     captioner = Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                                        min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty)
     predictions = []
     for batch in _batches(entries, args.batch_size):
-        captions = captioner.caption(_images([os.path.join(args.image_root, e["image"]) for e in batch]))
+        # Scored without the prompt, as LAVIS scores BLIP-2's captions (its OPT returns the new tokens only).
+        captions = captioner.answer(_images([os.path.join(args.image_root, e["image"]) for e in batch]),
+                                    [CAPTION_PROMPT] * len(batch))
         predictions += [{"image_id": int(e["image_id"]), "caption": c} for e, c in zip(batch, captions)]
     path = _write_json(args.out, "predictions.json", predictions)
     _write_scores(args.out, score("coco_caption", path, args.annotations))

@@ -100,6 +100,19 @@ def test_gqa_and_count_runs_write_official_predictions_and_scores(runs, capsys):
     assert shared and all(by_gqa[i] == answers[i] for i in shared)
 
 
+def test_caption_run_scores_the_text_after_the_prompt(runs, capsys):
+    data, out = runs["paths"], runs["out"]
+    evaluate.main(["caption", f"--workdir={runs['stage2']}", f"--images={data['caption_val']}",
+                   f"--image_root={data['root']}", f"--annotations={data['caption_val_gt']}",
+                   f"--out={out / 'caption'}", *DECODING])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    predictions = _load(out / "caption" / "predictions.json")
+    assert len(predictions) == 8 and printed == _load(out / "caption" / "scores.json")
+    captioner = inference.Captioner.from_workdir(runs["stage2"], num_beams=2, max_new_tokens=3)
+    images = [Image.open(data["root"] + "/" + e["image"]) for e in _load(data["caption_val"])]
+    assert [p["caption"] for p in predictions] == captioner.answer(images, [inference.CAPTION_PROMPT] * 8)
+
+
 def test_retrieval_refuses_a_stage2_run(runs):
     data = runs["paths"]
     with pytest.raises(SystemExit, match="stage2 run"):

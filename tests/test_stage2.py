@@ -97,7 +97,11 @@ def test_stage1_checkpoint_hands_over_and_stage2_trains_and_generates(setup):
     config = tiny_stage2_config(workdir, tokenizer)
     config.init_from = str(stage1_dir)
     config.total_steps, config.checkpoint_every = 2, 2
+    other_tower = str(workdir / "other_vision.msgpack")  # a weight source in config.model loses to init_from
+    build.save_params(other_tower, jax.tree.map(lambda x: np.asarray(x) + 1.0, saved["vision"]))
+    config.model.vision.params_file = other_tower
     trainer = loop.make_trainer(config)
+    config.model.vision.params_file = ""
     loaded = {**trainer.state.params, **trainer.state.frozen}
     for name in ("vision", "mae", "dual", "qformer"):
         got, want = traverse_util.flatten_dict(loaded[name]), traverse_util.flatten_dict(saved[name])

@@ -74,6 +74,7 @@ class Captioner:
     max_new_tokens: int = 20
     min_new_tokens: int = 1
     length_penalty: float = 1.0  # beam score = log p / length ** length_penalty (LAVIS VQA / GQA: 0)
+    prompt_width: int = 0  # left-pad prompts to at least this many tokens (0: the batch's longest)
 
     @classmethod
     def from_workdir(cls, workdir: str, **decoding) -> "Captioner":
@@ -93,9 +94,10 @@ class Captioner:
         return eval_pixels(self.transform, images)
 
     def prompt_ids(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """[bos] + tokens(prompt), left-padded so every prompt ends where generation starts."""
+        """[bos] + tokens(prompt), left-padded so every prompt ends where generation starts (to at least
+        `prompt_width` tokens: batches of one width share one compiled decode)."""
         encoded = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
-        width = max(len(e) for e in encoded)
+        width = max(self.prompt_width, *(len(e) for e in encoded))
         ids = np.full((len(prompts), width), self.tokenizer.pad_id, np.int32)
         mask = np.zeros((len(prompts), width), np.int32)
         for row, tokens in enumerate(encoded):

@@ -1,4 +1,5 @@
 """Pictures a person would rather look at than read, drawn with PIL only (no plotting dependency)."""
+import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -57,17 +58,20 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], path: str, labels: Sequence
     canvas.save(path)
 
 
-def captioned_images(images: Sequence[np.ndarray], texts: Sequence[str], path: str, scale: int = 3) -> None:
-    """Each image with its lines of text underneath."""
+def captioned_images(images: Sequence[np.ndarray], texts: Sequence[str], path: str, scale: int = 3,
+                     columns: int = 4, tile_width: int = 300) -> None:
+    """Each image with its lines of text underneath (wrapped to the tile), `columns` tiles a row."""
     h, w = images[0].shape[:2]
-    line = 14
-    lines = [t.split("\n") for t in texts]
-    text_h = line * max(len(ls) for ls in lines) + 6
-    tile_w = max(w * scale, 260)
-    canvas = Image.new("RGB", (tile_w * len(images), h * scale + text_h), "white")
+    line, chars = 13, tile_width // 6  # PIL's default bitmap font is 6 px a character
+    lines = [[part for text in t.split("\n") for part in (textwrap.wrap(text, chars) or [""])] for t in texts]
+    tile_w, tile_h = max(w * scale, tile_width), h * scale + line * max(len(ls) for ls in lines) + 10
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    canvas = Image.new("RGB", (tile_w * columns, tile_h * rows), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (img, ls) in enumerate(zip(images, lines)):
-        canvas.paste(Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST), (i * tile_w, 0))
+        x, y = (i % columns) * tile_w, (i // columns) * tile_h
+        canvas.paste(Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST), (x, y))
         for j, text in enumerate(ls):
-            draw.text((i * tile_w + 2, h * scale + 3 + j * line), text, fill="black")
+            draw.text((x + 2, y + h * scale + 3 + j * line), text, fill="black")
     canvas.save(path)

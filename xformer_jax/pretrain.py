@@ -105,8 +105,8 @@ def _prepend(first, rest: Iterator) -> Iterator:
 
 def pretrain_llm(llm: nn.Module, batches: Iterator[dict], steps: int, lr: float = 1e-3, seed: int = 0):
     """Causal-LM pretraining of a small decoder (`opt.OPTForCausalLM` / `llama.LlamaForCausalLM`) on
-    {input_ids, attention_mask} batches of text, loss on every non-pad token after the first.
-    Returns (params, per-step losses)."""
+    {input_ids, attention_mask[, labels]} batches of text; the loss is on the tokens `labels` names
+    (-100 elsewhere), by default every non-pad token after the first. Returns (params, per-step losses)."""
     first = next(batches)
     params = nn.unbox(llm.init(jax.random.key(seed), input_ids=first["input_ids"],
                                attention_mask=first["attention_mask"]))["params"]
@@ -115,6 +115,6 @@ def pretrain_llm(llm: nn.Module, batches: Iterator[dict], steps: int, lr: float 
         del key
         logits = llm.apply({"params": params}, input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"])["logits"]
-        labels = jnp.where(batch["attention_mask"] > 0, batch["input_ids"], -100)
+        labels = batch.get("labels", jnp.where(batch["attention_mask"] > 0, batch["input_ids"], -100))
         return losses.lm_loss(logits, labels)
     return _adamw_loop(loss_fn, params, _prepend(first, batches), steps, lr, seed)

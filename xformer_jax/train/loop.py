@@ -133,9 +133,9 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     rng = jax.random.key(config.seed)
     pretrained = {}
     if load_pretrained:
-        if config.get("init_from"):
-            pretrained.update(build.stage1_checkpoint_params(config.init_from))
         pretrained.update(build.pretrained_parts(config.model, plan.model_config))
+        if config.get("init_from"):  # the stage-1 run's towers and Q-Former win over config.model's sources
+            pretrained.update(build.stage1_checkpoint_params(config.init_from))
     with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
         params = partitioning.init_sharded(plan.init, plan.param_shardings, rng)
     params = build.merge_pretrained(params, pretrained)

@@ -1,0 +1,394 @@
+"""The end-to-end recipe on the synthetic benchmark: pretrained parts, stage 1, stage 2, zero-shot evaluation.
+
+launch/demo.py runs it once; benchmarks/mini_paper.py runs it per fusion variant and seed, sharing the
+parts. Small towers and a small OPT mean nothing with random weights, so the parts are pretrained first,
+on the synthetic training split only:
+  towers  MAE masked reconstruction and a CLIP-style contrastive vision tower (`pretrain`);
+  llm     a byte-level BPE (`data.bpe`) and causal-LM pretraining of the small OPT on texts
+          "DESCRIPTION</s>TARGET": the description is one caption of a scene, the target another caption
+          after BLIP-2's "a photo of" prompt, or "Question: Q Short answer: A" (the loss is on the target
+          only). The LLM so learns to describe and to answer from whatever precedes its bos. Stage 2
+          (captions only, "a photo of " prompt, as BLIP-2) puts the queries where the description stood, so
+          zero-shot VQA with the queries as prefix asks the LLM what it learned to do.
+Every phase leaves its output in a directory with a spec of what made it; a rerun with the same spec
+reuses it (training resumes or restores through `loop.train`).
+"""
+import collections
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from xformer_jax import pretrain
+from xformer_jax.data import bpe, pipeline, synthetic
+from xformer_jax.data.tokenizers import IGNORE_INDEX, LLMTokenizer
+from xformer_jax.eval.score import score
+from xformer_jax.inference import CAPTION_PROMPT, VQA_PROMPT, Captioner
+from xformer_jax.models import stage2
+from xformer_jax.train import build, loop
+
+SPEC = "spec.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Pretraining and decoding settings of a recipe run (sizes and training steps live in the configs)."""
+    tower_steps: int = 200  # pretraining steps per tower
+    llm_steps: int = 400  # causal-LM pretraining steps of the small OPT
+    llm_batch_size: int = 32
+    llm_lr: float = 2e-3
+    num_beams: int = 1  # decoding at evaluation (1 = greedy)
+    eval_batch_size: int = 32
+
+
+def dataset(config: ml_collections.ConfigDict) -> dict:
+    """Writes (or reuses) the synthetic dataset config.data describes; returns its paths."""
+    return synthetic.write_dataset(config.data.path, **config.data.synthetic.to_dict())
+
+
+def _reusable(directory: str, spec: dict, outputs: Sequence[str]) -> bool:
+    try:
+        with open(os.path.join(directory, SPEC)) as f:
+            same = json.load(f) == json.loads(json.dumps(spec))
+    except (OSError, ValueError):
+        return False
+    return same and all(os.path.exists(os.path.join(directory, name)) for name in outputs)
+
+
+def _digest(spec: dict) -> str:
+    """Names outputs after their spec, so that a run trained on other parts never passes for current."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _write_spec(directory: str, spec: dict) -> None:
+    tmp = os.path.join(directory, SPEC + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(spec, f, indent=2)
+    os.replace(tmp, os.path.join(directory, SPEC))
+
+
+def pretrained_towers(config: ml_collections.ConfigDict, directory: str, steps: int,
+                      log: Callable[[str], None] = print) -> dict[str, str]:
+    """{"vision", "mae"}: params files of the small towers, pretrained once on the training images."""
+    spec = {"vision": config.model.vision.to_dict(), "mae": config.model.mae.to_dict(),
+            "data": config.data.synthetic.to_dict(), "steps": steps, "batch_size": config.batch_size,
+            "seed": config.seed}
+    paths = {name: os.path.join(directory, f"{name}-{_digest(spec)}.msgpack") for name in ("vision", "mae")}
+    if _reusable(directory, spec, list(map(os.path.basename, paths.values()))):
+        return paths
+    os.makedirs(directory, exist_ok=True)
+    model_config = build.stage1_config(_with_fusion(config.model, "xformer"))
+    batches = pipeline.make_train_iterator(config)
+    mae_params, mae_loss = pretrain.pretrain_mae(model_config.mae, (b["mae_pixel_values"] for b in batches), steps)
+    clip_params, clip_loss = pretrain.pretrain_clip(model_config.vision, batches, model_config.qformer.vocab_size,
+                                                    steps)
+    build.save_params(paths["mae"], mae_params)
+    build.save_params(paths["vision"], clip_params)
+    _write_spec(directory, spec)
+    log(f"  towers: MAE loss {mae_loss[0]:.3f} -> {np.mean(mae_loss[-10:]):.3f}, "
+        f"CLIP contrastive {clip_loss[0]:.3f} -> {np.mean(clip_loss[-10:]):.3f}")
+    return paths
+
+
+def _with_fusion(model: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
+    """A copy of config.model with another fusion kind (an MAE-free variant still pretrains the MAE)."""
+    model = copy.deepcopy(model)
+    model.fusion.kind = kind
+    return model
+
+
+def llm_texts(paths: dict, seed: int = 0) -> list[tuple[str, str]]:
+    """(description, target) pairs from the training split: every caption as description of its image,
+    paired with another of its captions (after the caption prompt) and with each of its questions."""
+    rng = np.random.default_rng(seed)
+    captions: dict[str, list[str]] = {}
+    for entry in load_json(paths["caption_train"]):
+        captions.setdefault(entry["image"], []).append(entry["caption"])
+    pairs = []
+    for texts in captions.values():
+        pairs += [(text, f"{CAPTION_PROMPT} {texts[(i + 1) % len(texts)]}") for i, text in enumerate(texts)]
+    for entry in load_json(paths["vqa_train"]):
+        texts = captions[entry["image"]]
+        description = texts[int(rng.integers(len(texts)))]
+        pairs.append((description, f"{VQA_PROMPT.format(entry['question'])} {entry['answer'][0]}"))
+    return pairs
+
+
+def load_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def encode_pairs(tokenizer: LLMTokenizer, pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """description tokens, bos, target tokens, "\\n"; right-padded to the longest (a multiple of 8).
+    The labels are the target tokens only: the description is context, as the queries will be."""
+    rows = [(tokenizer.encode(d) + [tokenizer.bos_id], tokenizer.encode(t + "\n")) for d, t in pairs]
+    width = -(-max(len(c) + len(t) for c, t in rows) // 8) * 8
+    ids = np.full((len(rows), width), tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    labels = np.full((len(rows), width), IGNORE_INDEX, np.int32)
+    for r, (context, target) in enumerate(rows):
+        end = len(context) + len(target)
+        ids[r, :end], mask[r, :end], labels[r, len(context):end] = context + target, 1, target
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pretrained_llm(config: ml_collections.ConfigDict, paths: dict, directory: str, budget: Budget,
+                   log: Callable[[str], None] = print) -> dict[str, str]:
+    """{"tokenizer", "llm"}: a BPE trained on the training text and the small OPT (config.model.llm of a
+    stage-2 config) pretrained on `llm_texts`, once."""
+    spec = {"llm": config.model.llm.to_dict(), "data": config.data.synthetic.to_dict(), "steps": budget.llm_steps,
+            "batch_size": budget.llm_batch_size, "lr": budget.llm_lr, "seed": config.seed, "loss": "targets",
+            "caption_prompt": CAPTION_PROMPT}
+    out = {name: os.path.join(directory, f"{name}-{_digest(spec)}.{ext}")
+           for name, ext in (("tokenizer", "json"), ("llm", "msgpack"))}
+    if _reusable(directory, spec, list(map(os.path.basename, out.values()))):
+        return out
+    os.makedirs(directory, exist_ok=True)
+    pairs = llm_texts(paths, config.seed)
+    bpe.train_bpe([text for pair in pairs for text in pair], out["tokenizer"], config.model.llm.vocab_size)
+    tokens = encode_pairs(LLMTokenizer(out["tokenizer"]), pairs)
+    rng = np.random.default_rng(config.seed)
+
+    def batches():
+        while True:
+            rows = rng.choice(len(pairs), budget.llm_batch_size, replace=False)
+            yield {k: v[rows] for k, v in tokens.items()}
+    llm = stage2.llm_module(build.stage2_config(config.model).llm)
+    params, history = pretrain.pretrain_llm(llm, batches(), budget.llm_steps, lr=budget.llm_lr, seed=config.seed)
+    build.save_params(out["llm"], params)
+    _write_spec(directory, spec)
+    log(f"  llm: {len(pairs)} texts, LM loss {history[0]:.3f} -> {np.mean(history[-10:]):.3f}")
+    return out
+
+
+def stage1_config(config: ml_collections.ConfigDict, towers: dict) -> ml_collections.ConfigDict:
+    """A copy of a stage-1 config reading the pretrained towers, checkpointed at its end."""
+    config = copy.deepcopy(config)
+    for name, path in towers.items():
+        config.model[name].params_file = path
+    _checkpoint_at_end(config)
+    return config
+
+
+def stage2_config(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict, llm: dict,
+                  stage1_dir: str) -> ml_collections.ConfigDict:
+    """A stage-2 config with stage 1's model, seed and data, the pretrained LLM, starting from stage1_dir
+    (towers and Q-Former come from its checkpoint; config.model's weight sources are cleared so that
+    nothing is loaded only to be replaced)."""
+    config = copy.deepcopy(config)
+    for section in ("vision", "mae", "qformer", "fusion"):
+        config.model[section] = copy.deepcopy(stage1.model[section])
+    config.model.vision.update(params_file="", hf_dir="")
+    config.model.mae.update(params_file="", hf_dir="")
+    config.model.qformer.bert_dir = ""
+    config.seed = stage1.seed
+    config.data.path = stage1.data.path
+    config.data.synthetic = copy.deepcopy(stage1.data.synthetic)
+    config.model.llm.params_file = llm["llm"]
+    config.data.llm_tokenizer_path = llm["tokenizer"]
+    config.data.prompt = CAPTION_PROMPT + " "
+    config.init_from = stage1_dir
+    _checkpoint_at_end(config)
+    return config
+
+
+def _checkpoint_at_end(config: ml_collections.ConfigDict) -> None:
+    """One checkpoint, the last step's (what stage 2, evaluation and a rerun read); short runs log and
+    warm up proportionally."""
+    steps = config.total_steps
+    config.checkpoint_every = steps
+    config.log_every = min(config.log_every, max(steps // 10, 1))
+    config.optim.warmup_steps = min(config.optim.warmup_steps, max(steps // 5, 1))
+
+
+def _batches(entries: list, size: int):
+    """Batches of `size` (the last one filled with repeats, so every batch has one shape); yields
+    (entries, number of real ones)."""
+    for start in range(0, len(entries), size):
+        chunk = entries[start:start + size]
+        yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
+
+
+def _images(entries: Sequence[dict], root: str) -> list:
+    return [Image.open(os.path.join(root, e["image"])).convert("RGB") for e in entries]
+
+
+def predict_vqa(captioner: Captioner, questions: list[dict], image_root: str, batch_size: int) -> list[dict]:
+    """[{"question_id", "answer"}] for LAVIS-format questions, with BLIP-2's VQA prompt; every prompt is
+    padded to the longest, so decoding compiles once."""
+    captioner.prompt_width = 1 + max(len(captioner.tokenizer.encode(VQA_PROMPT.format(e["question"])))
+                                     for e in questions)
+    predictions = []
+    for batch, real in _batches(questions, batch_size):
+        answers = captioner.vqa(_images(batch, image_root), [e["question"] for e in batch])
+        predictions += [{"question_id": e["question_id"], "answer": a} for e, a in zip(batch[:real], answers)]
+    return predictions
+
+
+def predict_captions(captioner: Captioner, images: list[dict], image_root: str, batch_size: int) -> list[dict]:
+    """[{"image_id", "caption"}]: the text generated after the "a photo of" prompt, as LAVIS scores it."""
+    predictions = []
+    captioner.prompt_width = 0
+    for batch, real in _batches(images, batch_size):
+        texts = captioner.answer(_images(batch, image_root), [CAPTION_PROMPT] * len(batch))
+        predictions += [{"image_id": int(e["image_id"]), "caption": t} for e, t in zip(batch[:real], texts)]
+    return predictions
+
+
+def evaluate(stage2_dir: str, paths: dict, out_dir: str, budget: Budget, split: str = "val") -> dict:
+    """Zero-shot VQA (accuracy per question type) and captioning (CIDEr-D, BLEU-4) of a stage-2 run on a
+    synthetic split, scored by `eval.score` from the official-format files it writes to out_dir:
+    vqa_predictions.json, caption_predictions.json and scores.json (reused when the run is unchanged)."""
+    spec = {"run": load_json(os.path.join(stage2_dir, "config.json")), "split": split, "num_beams": budget.num_beams}
+    if _reusable(out_dir, spec, ["scores.json", "vqa_predictions.json", "caption_predictions.json"]):
+        return load_json(os.path.join(out_dir, "scores.json"))
+    os.makedirs(out_dir, exist_ok=True)
+    captioner = Captioner.from_workdir(stage2_dir, num_beams=budget.num_beams, max_new_tokens=4)
+    vqa_path, caption_path = (os.path.join(out_dir, f"{t}_predictions.json") for t in ("vqa", "caption"))
+    questions = load_json(paths[f"vqa_{split}"])
+    _write_json(vqa_path, predict_vqa(captioner, questions, paths["root"], budget.eval_batch_size))
+    captioner.max_new_tokens = 32
+    _write_json(caption_path, predict_captions(captioner, load_json(paths[f"caption_{split}"]), paths["root"],
+                                               budget.eval_batch_size))
+    scores = {"vqa": score("vqav2", vqa_path, paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"]),
+              "caption": score("coco_caption", caption_path, paths[f"caption_{split}_gt"])}
+    _write_json(os.path.join(out_dir, "scores.json"), scores)
+    _write_spec(out_dir, spec)
+    return scores
+
+
+def answer_prior(paths: dict, out_dir: str, split: str = "val") -> dict:
+    """VQA scores of answering every question with the most frequent training answer of its type: the
+    bar a model has to clear by looking at the image."""
+    counts: dict[str, collections.Counter] = {}
+    for entry in load_json(paths["vqa_train"]):
+        counts.setdefault(entry["question_type"], collections.Counter())[entry["answer"][0]] += 1
+    best = {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "prior_predictions.json")
+    _write_json(path, [{"question_id": e["question_id"], "answer": best[e["question_type"]]}
+                       for e in load_json(paths[f"vqa_{split}"])])
+    return score("vqav2", path, paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"])
+
+
+def llm_reads_captions(stage2_base: ml_collections.ConfigDict, parts: "Parts", split: str = "val",
+                       batch_size: int = 64) -> dict[str, float]:
+    """Percent of questions per type whose answer's first token is the pretrained LLM's most likely next
+    token after "TRUE CAPTION</s>Question: Q Short answer:": how well the LLM answers when the scene is
+    described in words, the ceiling for queries that stand in for the description."""
+    tokenizer = LLMTokenizer(parts.llm["tokenizer"])
+    captions = {e["image"]: e["caption"][0] for e in load_json(parts.paths[f"caption_{split}"])}
+    questions = load_json(parts.paths[f"vqa_{split}"])
+    tokens = encode_pairs(tokenizer, [(captions[q["image"]], VQA_PROMPT.format(q["question"])) for q in questions])
+    last = tokens["attention_mask"].sum(1) - 2  # the prompt's last token; the newline follows it
+    llm = stage2.llm_module(build.stage2_config(stage2_base.model).llm)
+    params = build.load_params(parts.llm["llm"], "the pretrained LLM")
+    logits = jax.jit(lambda ids, mask: llm.apply({"params": params}, input_ids=ids, attention_mask=mask)["logits"])
+    predicted = np.concatenate([
+        np.asarray(logits(tokens["input_ids"][i:i + batch_size], tokens["attention_mask"][i:i + batch_size]))
+        [np.arange(len(last[i:i + batch_size])), last[i:i + batch_size]].argmax(-1)
+        for i in range(0, len(questions), batch_size)])
+    right = [int(p == tokenizer.encode(" " + q["answer"][0])[0]) for p, q in zip(predicted, questions)]
+    kinds = {q["question_type"] for q in questions}
+    return {"all": 100 * float(np.mean(right)),
+            **{k: 100 * float(np.mean([r for r, q in zip(right, questions) if q["question_type"] == k]))
+               for k in sorted(kinds)}}
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Parts:
+    """What every run of one benchmark shares: the dataset's paths, the towers, the tokenizer and the LLM."""
+    paths: dict
+    towers: dict
+    llm: dict
+
+
+def prepare_parts(stage1: ml_collections.ConfigDict, stage2_base: ml_collections.ConfigDict, directory: str,
+                  budget: Budget, timer: "Timer") -> Parts:
+    """The dataset (at stage1.data.path), the towers (directory/towers) and the LLM (directory/llm)."""
+    with timer("synthetic data"):
+        paths = dataset(stage1)
+    with timer("tower pretraining"):
+        towers = pretrained_towers(stage1, os.path.join(directory, "towers"), budget.tower_steps, timer.log)
+    with timer("LLM pretraining"):
+        llm_config = copy.deepcopy(stage2_base)
+        llm_config.data.synthetic = copy.deepcopy(stage1.data.synthetic)
+        llm = pretrained_llm(llm_config, paths, os.path.join(directory, "llm"), budget, timer.log)
+    return Parts(paths, towers, llm)
+
+
+@dataclasses.dataclass
+class Run:
+    """One recipe run's outputs."""
+    stage1_config: ml_collections.ConfigDict
+    stage1_dir: str
+    stage2_dir: str
+    eval_dir: str
+    stage1_state: object
+    scores: dict
+
+
+def run(stage1: ml_collections.ConfigDict, stage2_base: ml_collections.ConfigDict, parts: Parts, run_dir: str,
+        budget: Budget, timer: "Timer") -> Run:
+    """Stage 1, stage 2 and the evaluation of one model under run_dir (stage1/, stage2/, eval/)."""
+    stage1_dir, stage2_dir, eval_dir = (os.path.join(run_dir, name) for name in ("stage1", "stage2", "eval"))
+    config1 = stage1_config(stage1, parts.towers)
+    config2 = stage2_config(stage2_base, config1, parts.llm, stage1_dir)
+    for config, workdir in ((config1, stage1_dir), (config2, stage2_dir)):
+        _check_same_run(config, workdir)
+    with timer("stage 1"):
+        state = _finished(loop.train(config1, stage1_dir), config1, stage1_dir)  # a finished run is restored
+    with timer("stage 2"):
+        _finished(loop.train(config2, stage2_dir), config2, stage2_dir)
+    with timer("evaluation"):
+        scores = evaluate(stage2_dir, parts.paths, eval_dir, budget)
+    return Run(config1, stage1_dir, stage2_dir, eval_dir, state, scores)
+
+
+def _finished(state, config: ml_collections.ConfigDict, workdir: str):
+    """loop.train returns normally on SIGTERM (preemption) with a checkpoint: stop there, not go on."""
+    if int(state.step) < config.total_steps:
+        raise SystemExit(f"{workdir}: stopped at step {int(state.step)} of {config.total_steps} (SIGTERM); "
+                         "rerun the same command to continue")
+    return state
+
+
+def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """loop.train resumes whatever workdir holds: refuse a workdir that a different config trained."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path) and load_json(path) != json.loads(config.to_json_best_effort()):
+        raise ValueError(f"{path} was written by a different config (other sizes, steps or pretrained parts); "
+                         "delete that directory or choose another workdir")
+
+
+class Timer:
+    """Wall time per named phase (summed over repeats), logged as each phase ends."""
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self.log = log
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+        self.log(f"{name}: {elapsed:.0f}s")
