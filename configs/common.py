@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # compute dtype ("bfloat16" on TPU / GPU)
     c.model.frozen_dtype = "float32"  # storage dtype of the frozen towers
+    c.model.itm_shared_image_kv = False  # True: ITM projects image keys / values once (one device only)
     c.model.vision = ml_collections.ConfigDict(dict(hf_dir="", params_file=""))
     c.model.mae = ml_collections.ConfigDict(dict(hf_dir="", params_file=""))
     c.model.qformer = ml_collections.ConfigDict(dict(bert_dir=""))

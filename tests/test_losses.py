@@ -290,6 +290,15 @@ def test_itg_loss_matches_torch():
                                atol=TOL, rtol=0)
 
 
+def test_itg_loss_on_logits_without_the_last_position():
+    """The step skips the LM head on the last position (it predicts nothing): same loss; other lengths raise."""
+    logits, ids, mask = text_batch()
+    np.testing.assert_allclose(losses.itg_loss(logits[:, :-1], ids, mask), losses.itg_loss(logits, ids, mask),
+                               atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="logits cover"):
+        losses.itg_loss(logits[:, :-2], ids, mask)
+
+
 def test_itg_ignores_pads():
     logits, ids, mask = text_batch()
     changed = logits.copy()

@@ -55,6 +55,23 @@ def test_frozen_towers_get_no_gradient_and_no_optimizer_state(batch_and_dir):
     assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["mae"]["decoder"]))
 
 
+def test_itm_with_shared_image_keys_and_values_equals_gathered_images(batch_and_dir):
+    local, workdir = batch_and_dir
+    config = tiny_config(workdir)
+    trainer = loop.make_trainer(config, load_pretrained=False, devices=jax.devices()[:1])
+    params = {**trainer.state.params, **trainer.state.frozen}
+    outputs = {}
+    for shared in (False, True):
+        config.model.itm_shared_image_kv = shared
+        model = build.make_model(build.model_config(config))
+        outputs[shared] = jax.jit(lambda p, b: model.apply(
+            {"params": p}, b["pixel_values"], b["input_ids"], b["attention_mask"], image_ids=b["image_id"],
+            mae_pixel_values=b["mae_pixel_values"], mask_rng=jax.random.key(0), itm_rng=jax.random.key(1)))(
+                params, local)
+    assert abs(float(outputs[True]["itm"]) - float(outputs[False]["itm"])) < 1e-5
+    assert abs(float(outputs[True]["itg"]) - float(outputs[False]["itg"])) < 1e-6
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion,placement", VARIANTS, ids=[f"{f}-{p}" for f, p in VARIANTS])
 def test_forty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretrained_towers, fusion, placement):

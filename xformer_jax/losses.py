@@ -210,27 +210,40 @@ def itm_loss(logits, labels):
 
 # -------------------------------------------------------------------------------- ITG and LM
 
-def _shifted_ce(logits, labels, label_smoothing):
-    """Token t predicts label t+1; mean over labels != -100 of torch's smoothed CE.
+def _token_ce(logits, labels, label_smoothing):
+    """Mean over labels != -100 of torch's smoothed CE of logits (N, L, V) against labels (N, L).
 
+    Written as logsumexp - (1-eps) * logit[label] - eps * mean(logits), which equals
+    (1-eps) * NLL + eps * mean_c(-log p_c) without materialising the (N, L, V) log-probabilities.
     A batch without any label gives 0 (torch would give NaN), so a step never turns NaN on it.
     """
-    logp = jax.nn.log_softmax(_f32(logits[:, :-1]), axis=-1)
-    labels = labels[:, 1:]
+    logits = _f32(logits)
     valid = labels != IGNORE_INDEX
-    nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    per_token = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=-1)
+    picked = jnp.take_along_axis(logits, jnp.where(valid, labels, 0)[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    per_token = jax.nn.logsumexp(logits, axis=-1) - (1.0 - label_smoothing) * picked
+    if label_smoothing:
+        per_token = per_token - label_smoothing * logits.mean(axis=-1)
     valid = valid.astype(jnp.float32)
     return jnp.sum(per_token * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def _shifted_ce(logits, labels, label_smoothing):
+    """Token t predicts label t+1. `logits` may stop at position T-2 (the last predicts nothing)."""
+    length = labels.shape[1]
+    if logits.shape[1] not in (length, length - 1):
+        raise ValueError(f"logits cover {logits.shape[1]} positions; the labels have {length}, so expected "
+                         f"{length} or {length - 1} (the last position predicts nothing)")
+    return _token_ce(logits[:, :length - 1], labels[:, 1:], label_smoothing)
 
 
 def itg_loss(logits, input_ids, attention_mask, label_smoothing: float = 0.1, pad_id: Optional[int] = 0):
     """Q-Former captioning loss: logits (B, T, V) of the text positions, shifted CE with smoothing.
 
-    Labels are the text ids with pads set to -100: LAVIS masks `input_ids == pad_token_id`; we also
-    mask `attention_mask == 0` so a tokenizer whose pad id differs cannot leak pads into the loss
-    (pad_id=None uses the mask only). Position 0 (LAVIS's [DEC] in place of [CLS]) is never a label
-    after the shift, so the original ids can be passed.
+    Logits (B, T-1, V) of positions 0..T-2 only are accepted too: a caller can skip the LM head on the
+    last position, which predicts nothing. Labels are the text ids with pads set to -100: LAVIS masks
+    `input_ids == pad_token_id`; we also mask `attention_mask == 0` so a tokenizer whose pad id differs
+    cannot leak pads into the loss (pad_id=None uses the mask only). Position 0 (LAVIS's [DEC] in place
+    of [CLS]) is never a label after the shift, so the original ids can be passed.
     """
     ignored = attention_mask == 0
     if pad_id is not None:

@@ -167,20 +167,29 @@ class QFormerAttention(nn.Module):
     """Self- or cross-attention with its output block. Params query, key, value, output/{dense,layernorm}.
 
     Returns (output, (keys, values)) so that a caller can cache the self-attention keys / values.
-    `memory` (cross-attention) supplies keys / values from another width; `past_kv` is prepended to
-    this call's keys / values (cached query positions for the ITG text pass).
+    `memory` (cross-attention) supplies keys / values from another width; `memory_index` (batch,) picks
+    row memory_index[b] of `memory` for row b of x, so keys / values are projected once per memory row
+    (ITM pairs share images). `past_kv` is prepended to this call's keys / values (cached query positions
+    for the ITG text pass). `rows` computes the output for the first `rows` positions only (keys / values
+    still cover every position), for callers that read no more than those.
     """
     num_heads: int
     eps: float
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias=None, memory=None, past_kv=None):
+    def __call__(self, x, bias=None, memory=None, past_kv=None, memory_index=None, rows: Optional[int] = None):
         width = x.shape[-1]
         source = x if memory is None else memory.astype(self.dtype)
         proj = lambda name, y: layers.split_heads(  # noqa: E731
             layers.dense(width, ("embed", "joined_kv"), name, self.dtype)(y), self.num_heads)
+        if rows is not None:
+            x = x[:, :rows]
+            if bias is not None and bias.shape[2] > 1:
+                bias = bias[:, :, :rows]
         q, k, v = proj("query", x), proj("key", source), proj("value", source)
+        if memory_index is not None:
+            k, v = k[memory_index], v[memory_index]
         new_kv = (k, v)
         if past_kv is not None:
             k = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
@@ -194,36 +203,40 @@ class QFormerLayer(nn.Module):
 
     hidden (B, L, H); bias: additive self-attention bias broadcastable to (B, heads, L, L + cached);
     query_length: how many leading positions are queries (0 = text only: cross-attention skipped,
-    text FFN for all); memory (B, N, encoder_width): cross-attention keys / values for the queries,
-    required when `has_cross_attention` and query_length > 0; memory_bias: additive, (B, 1, 1, N);
-    past_kv: cached (keys, values) prepended to the self-attention.
-    Returns (hidden, (keys, values) of this call's self-attention).
+    text FFN for all); memory (B or B_mem, N, encoder_width): cross-attention keys / values for the
+    queries, required when `has_cross_attention` and query_length > 0; memory_bias: additive,
+    (B, 1, 1, N); memory_index: (B,) row of `memory` for each row of hidden (None: row b is row b);
+    past_kv: cached (keys, values) prepended to the self-attention; rows: output only the first
+    `rows` positions (the last layer of a pass whose caller reads no more).
+    Returns (hidden, (keys, values) of this call's self-attention over all positions).
     """
     config: QFormerConfig
     has_cross_attention: bool
 
     @nn.compact
-    def __call__(self, hidden, bias=None, query_length: int = 0, memory=None, memory_bias=None, past_kv=None):
+    def __call__(self, hidden, bias=None, query_length: int = 0, memory=None, memory_bias=None, past_kv=None,
+                 memory_index=None, rows: Optional[int] = None):
         c = self.config
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
         attn, kv = QFormerAttention(c.num_attention_heads, c.layer_norm_eps, c.dtype, name="attention")(
-            hidden, bias, past_kv=past_kv)
-        length = hidden.shape[1]
+            hidden, bias, past_kv=past_kv, rows=rows)
+        length, num_queries = attn.shape[1], min(query_length, attn.shape[1])
         parts = []
-        if query_length > 0:
-            queries = attn[:, :query_length]
+        if num_queries > 0:
+            queries = attn[:, :num_queries]
             if self.has_cross_attention:
                 if memory is None:
                     raise ValueError("this Q-Former layer cross-attends: image features (memory) are required "
                                      "when queries are present")
                 queries, _ = QFormerAttention(c.num_attention_heads, c.layer_norm_eps, c.dtype,
-                                              name="crossattention")(queries, memory_bias, memory=memory)
+                                              name="crossattention")(queries, memory_bias, memory=memory,
+                                                                     memory_index=memory_index)
             parts.append(self._ffn(queries, "_query"))
-        if length > query_length:
+        if length > num_queries:
             if not c.text_ffn:
                 raise ValueError("this Q-Former has no text FFN (text_ffn=False, HF use_qformer_text_input=False): "
                                  "every position must be a query")
-            parts.append(self._ffn(attn[:, query_length:], ""))
+            parts.append(self._ffn(attn[:, num_queries:], ""))
         out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
         return nn.with_logical_constraint(out, ("batch", "length", "embed")), kv
 
@@ -245,17 +258,30 @@ class QFormerEncoder(nn.Module):
 
     @nn.compact
     def run(self, embeds, bias=None, query_length: int = 0, memory=None, memory_bias=None,
-            past_kv: Optional[KVCache] = None, fuse: Optional[FuseHook] = None, carry=None) -> EncoderOutput:
-        """All layers; `fuse` (if given) rewrites the query positions after each cross-attention layer."""
+            past_kv: Optional[KVCache] = None, fuse: Optional[FuseHook] = None, carry=None, memory_index=None,
+            last_rows: Optional[int] = None) -> EncoderOutput:
+        """All layers; `fuse` (if given) rewrites the query positions after each cross-attention layer.
+
+        `memory_index` (B,): hidden row b cross-attends to memory row memory_index[b] (see QFormerLayer).
+        `last_rows`: the last layer computes only the first `last_rows` positions, so `last` and the last
+        of `states` have that many (the ITM query outputs, the ITC [CLS], the ITG positions that predict a
+        token); the other layers and the cache are unchanged.
+        """
         c = self.config
         if past_kv is not None and len(past_kv) != c.num_hidden_layers:
             raise ValueError(f"past_kv has {len(past_kv)} layers, the Q-Former {c.num_hidden_layers}")
+        if last_rows is not None and not 0 < last_rows <= embeds.shape[1]:
+            raise ValueError(f"last_rows {last_rows} must be in [1, {embeds.shape[1]}] (the input length)")
+        if last_rows is not None and fuse is not None and last_rows < query_length:
+            raise ValueError(f"last_rows {last_rows} would drop queries ({query_length}) that the fuse hook reads")
         x = layers.layer_norm(c.layer_norm_eps, "layernorm")(embeds).astype(c.dtype)
-        layer_cls = nn.remat(QFormerLayer, static_argnums=(3,)) if c.remat else QFormerLayer
+        layer_cls = nn.remat(QFormerLayer, static_argnums=(3, 8)) if c.remat else QFormerLayer
         states, cache = [x], []
         for i in range(c.num_hidden_layers):
+            rows = last_rows if i == c.num_hidden_layers - 1 else None
             x, kv = layer_cls(c, c.has_cross_attention(i), name=f"layer_{i}")(
-                x, bias, query_length, memory, memory_bias, None if past_kv is None else past_kv[i])
+                x, bias, query_length, memory, memory_bias, None if past_kv is None else past_kv[i], memory_index,
+                rows)
             if fuse is not None and query_length > 0 and c.has_cross_attention(i):
                 queries, carry = fuse(i, x[:, :query_length], carry)
                 x = jnp.concatenate([queries.astype(x.dtype), x[:, query_length:]], axis=1)
@@ -347,8 +373,11 @@ class QFormer(nn.Module):
                              f"encoder_width is {self.config.encoder_width}")
         return self.ln_vision(image_feats).astype(self.config.dtype)
 
-    def _memory(self, image_feats, image_mask):
+    def _memory(self, image_feats, image_mask, image_index=None):
+        """ln_vision(image_feats) and the cross-attention bias, the bias gathered per row by image_index."""
         bias = None if image_mask is None else attention_bias(padding_mask(image_mask))
+        if bias is not None and image_index is not None:
+            bias = bias[image_index]
         return self.normalize_image(image_feats), bias
 
     @staticmethod
@@ -368,27 +397,39 @@ class QFormer(nn.Module):
         result = self.query_pass(image_feats, image_mask, query_embeds)
         return (result.last, result.cache) if return_cache else result.last
 
-    def encode_text(self, input_ids, attention_mask=None):
-        """Text alone, bidirectional over non-pad tokens (ITC text side; BertModel's function): (B, T, H)."""
+    def encode_text(self, input_ids, attention_mask=None, positions: Optional[int] = None):
+        """Text alone, bidirectional over non-pad tokens (ITC text side; BertModel's function): (B, T, H).
+
+        `positions`: the last layer computes only the first that many positions (1: the [CLS] that ITC
+        reads), so the result is (B, positions, H).
+        """
         embeds = self.embeddings(input_ids)
         bias = attention_bias(bidirectional_mask(self._text_mask(input_ids, attention_mask)))
-        return self.qformer.run(embeds, bias, 0).last
+        return self.qformer.run(embeds, bias, 0, last_rows=positions).last
 
     def joint_pass(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None,
-                   fuse: Optional[FuseHook] = None, carry=None) -> EncoderOutput:
-        """ITM pass: [queries; text] with the bidirectional mask, queries cross-attend; optional fuse hook."""
+                   fuse: Optional[FuseHook] = None, carry=None, image_index=None,
+                   queries_only: bool = False) -> EncoderOutput:
+        """ITM pass: [queries; text] with the bidirectional mask, queries cross-attend; optional fuse hook.
+
+        `image_index` (B,): text row b is paired with image image_index[b] of image_feats (and image_mask),
+        whose cross-attention keys / values are then projected once per image instead of once per pair.
+        `queries_only`: the last layer computes the query positions only (all that ITM reads).
+        """
         queries = self.queries(input_ids.shape[0], query_embeds)
         embeds = jnp.concatenate([queries, self.embeddings(input_ids)], axis=1)
         bias = attention_bias(bidirectional_mask(self._text_mask(input_ids, attention_mask), queries.shape[1]))
-        memory, memory_bias = self._memory(image_feats, image_mask)
-        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias, fuse=fuse, carry=carry)
+        memory, memory_bias = self._memory(image_feats, image_mask, image_index)
+        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias, fuse=fuse, carry=carry,
+                                memory_index=image_index, last_rows=queries.shape[1] if queries_only else None)
 
     def encode_joint(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
         """ITM pass: (B, Q+T, H)."""
         return self.joint_pass(image_feats, input_ids, attention_mask, image_mask, query_embeds).last
 
-    def encode_unilm(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
-        """ITG pass in one go: [queries; text] with the UniLM mask: (B, Q+T, H).
+    def encode_unilm(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None,
+                     positions: Optional[int] = None):
+        """ITG pass in one go: [queries; text] with the UniLM mask: (B, Q+T, H), or (B, Q+positions, H).
 
         The query rows equal `encode_image_queries` (they see no text); text rows are causal.
         """
@@ -396,27 +437,38 @@ class QFormer(nn.Module):
         embeds = jnp.concatenate([queries, self.embeddings(input_ids)], axis=1)
         bias = attention_bias(unilm_mask(self._text_mask(input_ids, attention_mask), queries.shape[1]))
         memory, memory_bias = self._memory(image_feats, image_mask)
-        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias).last
+        last_rows = None if positions is None else queries.shape[1] + positions
+        return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias, last_rows=last_rows).last
 
-    def decode_text(self, input_ids, attention_mask=None, image_feats=None, image_mask=None,
-                    query_cache: Optional[KVCache] = None, query_embeds=None):
-        """ITG LM logits (B, T, vocab) for decoder input ids ([DEC] first), one per text position.
+    def decoder_hidden(self, input_ids, attention_mask=None, image_feats=None, image_mask=None,
+                       query_cache: Optional[KVCache] = None, query_embeds=None, positions: Optional[int] = None):
+        """The ITG text states (B, T, H) that `decode_text` feeds to the LM head.
 
         Either `query_cache` (from `encode_image_queries(..., return_cache=True)`, LAVIS's
         past_key_values: a text-only pass prefixed with the cached query keys / values) or `image_feats`
-        (one joint UniLM pass). Both give the same logits. Logits are not shifted.
+        (one joint UniLM pass); both give the same states. `positions`: only the first that many text
+        positions (B, positions, H) (T - 1: the ones that predict a next token).
         """
         mask = self._text_mask(input_ids, attention_mask)
         if query_cache is not None:
             num_queries = query_cache[0][0].shape[1]
             bias = attention_bias(prefix_causal_mask(mask, num_queries))
-            hidden = self.qformer.run(self.embeddings(input_ids), bias, 0, past_kv=query_cache).last
-        elif image_feats is not None:
-            hidden = self.encode_unilm(image_feats, input_ids, mask, image_mask, query_embeds)
-            hidden = hidden[:, hidden.shape[1] - input_ids.shape[1]:]
-        else:
-            raise ValueError("decode_text needs either query_cache or image_feats")
-        return self.lm_logits(hidden)
+            return self.qformer.run(self.embeddings(input_ids), bias, 0, past_kv=query_cache,
+                                    last_rows=positions).last
+        if image_feats is not None:
+            hidden = self.encode_unilm(image_feats, input_ids, mask, image_mask, query_embeds, positions)
+            return hidden[:, hidden.shape[1] - (input_ids.shape[1] if positions is None else positions):]
+        raise ValueError("decoder_hidden / decode_text need either query_cache or image_feats")
+
+    def decode_text(self, input_ids, attention_mask=None, image_feats=None, image_mask=None,
+                    query_cache: Optional[KVCache] = None, query_embeds=None):
+        """ITG LM logits (B, T, vocab) for decoder input ids ([DEC] first), one per text position.
+
+        The states come from `decoder_hidden` (cached query keys / values or one joint UniLM pass; both
+        give the same logits). Logits are not shifted.
+        """
+        return self.lm_logits(self.decoder_hidden(input_ids, attention_mask, image_feats, image_mask, query_cache,
+                                                  query_embeds))
 
     # -- heads --------------------------------------------------------------------------------------
     def lm_logits(self, hidden):
@@ -432,9 +484,9 @@ class QFormer(nn.Module):
 
     def itm_logits(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
         """itm_head over the query outputs of the ITM pass, averaged over queries: (B, 2), float32."""
-        hidden = self.encode_joint(image_feats, input_ids, attention_mask, image_mask, query_embeds)
-        num_queries = hidden.shape[1] - input_ids.shape[1]
-        return self.itm_head(hidden[:, :num_queries]).astype(jnp.float32).mean(axis=1)
+        queries = self.joint_pass(image_feats, input_ids, attention_mask, image_mask, query_embeds,
+                                  queries_only=True).last
+        return self.itm_head(queries).astype(jnp.float32).mean(axis=1)
 
     def temperature(self):
         """temp clipped to LAVIS's [0.001, 0.5]. LAVIS clamps the parameter itself in place before each

@@ -33,6 +33,10 @@ class Stage1Config:
     mae: Optional[mae_lib.MAEConfig] = None
     itc_label_smoothing: float = 0.1
     itg_label_smoothing: float = 0.1
+    # ITM pairs read each image's cross-attention keys / values projected once (not once per pair): faster
+    # on one device, but on a data-sharded mesh it all-gathers every layer's keys / values (paper stage 1,
+    # 32 chips: 42 instead of 26 GiB per device), so off by default.
+    itm_shared_image_kv: bool = False
 
     @property
     def frozen_collections(self) -> tuple:
@@ -118,11 +122,18 @@ class Stage1Model(nn.Module):
         queries, mae_out = self._finish(result, self.config.qformer.num_query_tokens, mae_states)
         return queries, result.cache, mae_out
 
-    def itm_logits(self, clip, mae_states, input_ids, attention_mask):
-        """ITM pass over paired (image, text) rows: (B, 2) float32, mean over the fused query outputs."""
+    def itm_logits(self, clip, mae_states, input_ids, attention_mask, image_index=None):
+        """ITM pass over (image, text) pairs: (P, 2) float32, mean over the fused query outputs.
+
+        Without `image_index` row p of clip / mae_states is pair p's image; with it (P,), clip / mae_states
+        hold each image once and pair p shows image image_index[p], so the image side of the
+        cross-attention is projected once per image rather than once per pair (the 3B ITM pairs of B images).
+        """
+        mae_pairs = mae_states if mae_states is None or image_index is None else mae_states[image_index]
         result = self.qformer.joint_pass(self._memory(clip, mae_states), input_ids, attention_mask,
-                                         fuse=self._fuse_hook(), carry=mae_states)
-        queries, _ = self._finish(result, self.config.qformer.num_query_tokens, mae_states)
+                                         fuse=self._fuse_hook(), carry=mae_pairs, image_index=image_index,
+                                         queries_only=True)
+        queries, _ = self._finish(result, self.config.qformer.num_query_tokens, mae_pairs)
         return self.qformer.itm_head(queries).astype(jnp.float32).mean(axis=1)
 
     def reconstruct(self, mae_out, images: dict, mae_pixel_values):
@@ -143,7 +154,7 @@ class Stage1Model(nn.Module):
         images = self.encode_images(pixel_values, mae_pixel_values, mask_rng)
         queries, cache, mae_out = self.query_states(images)
         image_embeds = self.qformer.image_embeddings(queries)
-        text_embeds = self.qformer.text_embeddings(self.qformer.encode_text(input_ids, attention_mask))
+        text_embeds = self.qformer.text_embeddings(self.qformer.encode_text(input_ids, attention_mask, positions=1))
         temp = self.qformer.temperature()
         out = {"image_embeds": image_embeds, "text_embeds": text_embeds, "temp": temp}
 
@@ -151,16 +162,22 @@ class Stage1Model(nn.Module):
         key = jax.random.key(0) if itm_rng is None else itm_rng
         neg_text, neg_image = losses.sample_hard_negatives(key, sim_i2t, sim_t2i, image_ids)
         image_index, text_index, labels = losses.itm_inputs(neg_text, neg_image)
-        mae_rows = None if images.get("mae") is None else images["mae"][image_index]
-        logits = self.itm_logits(images["clip"][image_index], mae_rows, input_ids[text_index],
-                                 attention_mask[text_index])
+        if c.itm_shared_image_kv:
+            logits = self.itm_logits(images["clip"], images.get("mae"), input_ids[text_index],
+                                     attention_mask[text_index], image_index=image_index)
+        else:
+            mae_rows = None if images.get("mae") is None else images["mae"][image_index]
+            logits = self.itm_logits(images["clip"][image_index], mae_rows, input_ids[text_index],
+                                     attention_mask[text_index])
         out["itm"] = losses.itm_loss(logits, labels)
         out["itm_accuracy"] = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
         decoder_ids = jnp.asarray(input_ids).at[:, 0].set(c.qformer.dec_token_id)
-        itg_logits = self.qformer.decode_text(decoder_ids, attention_mask, query_cache=cache)
-        out["itg"] = losses.itg_loss(itg_logits, decoder_ids, attention_mask, c.itg_label_smoothing,
-                                     pad_id=c.qformer.pad_token_id)
+        # The LM head only on the positions that predict a token (the last one predicts nothing).
+        hidden = self.qformer.decoder_hidden(decoder_ids, attention_mask, query_cache=cache,
+                                             positions=max(decoder_ids.shape[1] - 1, 1))
+        out["itg"] = losses.itg_loss(self.qformer.lm_logits(hidden), decoder_ids, attention_mask,
+                                     c.itg_label_smoothing, pad_id=c.qformer.pad_token_id)
         if c.fusion.reconstructs:
             out["rec"], _ = self.reconstruct(mae_out, images, mae_pixel_values)
         return out
@@ -176,7 +193,7 @@ class Stage1Model(nn.Module):
         """(image_embeds (B, Q, D), text_embeds (B, D)) for ITC retrieval; MAE unmasked."""
         images = self.encode_images(pixel_values, mae_pixel_values, mask_ratio=0.0)
         queries, _, _ = self.query_states(images)
-        text = self.qformer.encode_text(input_ids, attention_mask)
+        text = self.qformer.encode_text(input_ids, attention_mask, positions=1)
         return self.qformer.image_embeddings(queries), self.qformer.text_embeddings(text)
 
     def features(self, pixel_values, mae_pixel_values=None, mask_rng=None, mask_ratio: Optional[float] = 0.0):

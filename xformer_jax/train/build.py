@@ -65,6 +65,7 @@ def stage1_config(model: ml_collections.ConfigDict, cls=xformer.Stage1Config, **
         qformer=_fields(qformer.QFormerConfig, model.qformer, "config.model.qformer", dtype=dtype),
         fusion=fusion_cfg,
         mae=_fields(mae.MAEConfig, model.mae, "config.model.mae", dtype=dtype) if fusion_cfg.uses_mae else None,
+        itm_shared_image_kv=bool(model.get("itm_shared_image_kv", False)),
         **extra,
     )
 
