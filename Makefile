@@ -23,7 +23,7 @@ demo: venv
 	$(PY) launch/demo.py --workdir=workdir/demo
 
 # Two workers, one test file each at a time (module fixtures compile once): most of the suite is
-# single-threaded XLA compilation, so two cores finish it in about 60% of the serial time.
+# single-threaded XLA compilation and Python, so a second worker uses the second core.
 TEST_WORKERS ?= 2
 test: venv
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
