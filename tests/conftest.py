@@ -19,9 +19,3 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs (still run in CI)")
 
-
-def pytest_collection_modifyitems(config, items):
-    """Files holding slow tests run first, so that with `-n 2 --dist loadfile` the long files do not
-    start last and leave one worker idle at the end (a stable sort: order within a file is kept)."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
