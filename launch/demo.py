@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import demo as demo_config  # noqa: E402
-from xformer_jax import plots, recipe  # noqa: E402
+from xformer_jax import plots, recipe, retrieve  # noqa: E402
 from xformer_jax.data import pipeline  # noqa: E402
 from xformer_jax.eval import retrieval  # noqa: E402
 from xformer_jax.models import mae as mae_lib  # noqa: E402
@@ -61,7 +61,7 @@ def evaluate_retrieval(model, params, config) -> tuple[dict, dict]:
         texts.append(np.asarray(text_embeds)[keep])
         first = first or inputs
     image_embeds, text_embeds = np.concatenate(images), np.concatenate(texts)
-    sims = np.einsum("iqd,td->iqt", image_embeds, text_embeds).max(axis=1)
+    sims = retrieve.similarities(image_embeds, text_embeds)
     recall = retrieval.retrieval_recall(sims, np.arange(len(text_embeds)))
     return recall, first
 
