@@ -92,7 +92,8 @@ def test_forty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretraine
     terms = [k for k in history[0] if k.startswith("loss_")]
     assert ("loss_rec" in terms) == (fusion == "xformer")
     for term in terms:
-        first, last = np.mean([h[term] for h in history[:3]]), np.mean([h[term] for h in history[-5:]])
+        # The median of the last steps: ITC leaves its plateau (ln batch) late and may still spike there.
+        first, last = np.mean([h[term] for h in history[:3]]), np.median([h[term] for h in history[-5:]])
         print(f"{fusion}/{placement} {term}: {first:.4f} -> {last:.4f}")
         assert last < 0.98 * first, f"{term}: {first:.4f} -> {last:.4f}"
 

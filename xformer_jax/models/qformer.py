@@ -207,23 +207,29 @@ class QFormerLayer(nn.Module):
     queries, required when `has_cross_attention` and query_length > 0; memory_bias: additive,
     (B, 1, 1, N); memory_index: (B,) row of `memory` for each row of hidden (None: row b is row b);
     past_kv: cached (keys, values) prepended to the self-attention; rows: output only the first
-    `rows` positions (the last layer of a pass whose caller reads no more).
-    Returns (hidden, (keys, values) of this call's self-attention over all positions).
+    `rows` positions (the last layer of a pass whose caller reads no more); row_index (P,): hidden
+    (and bias) hold distinct inputs and output row p continues input row row_index[p], so the
+    self-attention and the text FFN, which read nothing pair-specific, run once per distinct input and
+    only the cross-attention and the query FFN run per pair (the first ITM layer: its input is the
+    learned queries and the text, the same for every image a text is paired with).
+    Returns (hidden, (keys, values) of this call's self-attention over all positions, per output row).
     """
     config: QFormerConfig
     has_cross_attention: bool
 
     @nn.compact
     def __call__(self, hidden, bias=None, query_length: int = 0, memory=None, memory_bias=None, past_kv=None,
-                 memory_index=None, rows: Optional[int] = None):
+                 memory_index=None, rows: Optional[int] = None, row_index=None):
         c = self.config
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
         attn, kv = QFormerAttention(c.num_attention_heads, c.layer_norm_eps, c.dtype, name="attention")(
             hidden, bias, past_kv=past_kv, rows=rows)
         length, num_queries = attn.shape[1], min(query_length, attn.shape[1])
+        per_pair = (lambda x: x) if row_index is None else (lambda x: x[row_index])  # noqa: E731
+        kv = jax.tree.map(per_pair, kv)
         parts = []
         if num_queries > 0:
-            queries = attn[:, :num_queries]
+            queries = per_pair(attn[:, :num_queries])
             if self.has_cross_attention:
                 if memory is None:
                     raise ValueError("this Q-Former layer cross-attends: image features (memory) are required "
@@ -236,7 +242,7 @@ class QFormerLayer(nn.Module):
             if not c.text_ffn:
                 raise ValueError("this Q-Former has no text FFN (text_ffn=False, HF use_qformer_text_input=False): "
                                  "every position must be a query")
-            parts.append(self._ffn(attn[:, num_queries:], ""))
+            parts.append(per_pair(self._ffn(attn[:, num_queries:], "")))
         out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
         return nn.with_logical_constraint(out, ("batch", "length", "embed")), kv
 
@@ -259,13 +265,16 @@ class QFormerEncoder(nn.Module):
     @nn.compact
     def run(self, embeds, bias=None, query_length: int = 0, memory=None, memory_bias=None,
             past_kv: Optional[KVCache] = None, fuse: Optional[FuseHook] = None, carry=None, memory_index=None,
-            last_rows: Optional[int] = None) -> EncoderOutput:
+            last_rows: Optional[int] = None, input_index=None) -> EncoderOutput:
         """All layers; `fuse` (if given) rewrites the query positions after each cross-attention layer.
 
         `memory_index` (B,): hidden row b cross-attends to memory row memory_index[b] (see QFormerLayer).
         `last_rows`: the last layer computes only the first `last_rows` positions, so `last` and the last
         of `states` have that many (the ITM query outputs, the ITC [CLS], the ITG positions that predict a
         token); the other layers and the cache are unchanged.
+        `input_index` (P,): embeds and bias hold distinct inputs and pair p starts from input
+        input_index[p]; the first layer's self-attention and text FFN then run once per distinct input
+        (QFormerLayer's row_index), everything after per pair. Requires no past_kv.
         """
         c = self.config
         if past_kv is not None and len(past_kv) != c.num_hidden_layers:
@@ -274,14 +283,19 @@ class QFormerEncoder(nn.Module):
             raise ValueError(f"last_rows {last_rows} must be in [1, {embeds.shape[1]}] (the input length)")
         if last_rows is not None and fuse is not None and last_rows < query_length:
             raise ValueError(f"last_rows {last_rows} would drop queries ({query_length}) that the fuse hook reads")
+        if input_index is not None and past_kv is not None:
+            raise ValueError("input_index (distinct inputs shared by pairs) cannot be combined with past_kv")
         x = layers.layer_norm(c.layer_norm_eps, "layernorm")(embeds).astype(c.dtype)
         layer_cls = nn.remat(QFormerLayer, static_argnums=(3, 8)) if c.remat else QFormerLayer
-        states, cache = [x], []
+        states, cache = [x if input_index is None else x[input_index]], []
         for i in range(c.num_hidden_layers):
             rows = last_rows if i == c.num_hidden_layers - 1 else None
+            row_index = input_index if i == 0 else None
             x, kv = layer_cls(c, c.has_cross_attention(i), name=f"layer_{i}")(
                 x, bias, query_length, memory, memory_bias, None if past_kv is None else past_kv[i], memory_index,
-                rows)
+                rows, row_index)
+            if row_index is not None and bias is not None and bias.shape[0] > 1:
+                bias = bias[row_index]  # later layers run per pair
             if fuse is not None and query_length > 0 and c.has_cross_attention(i):
                 queries, carry = fuse(i, x[:, :query_length], carry)
                 x = jnp.concatenate([queries.astype(x.dtype), x[:, query_length:]], axis=1)
@@ -408,12 +422,15 @@ class QFormer(nn.Module):
         return self.qformer.run(embeds, bias, 0, last_rows=positions).last
 
     def joint_pass(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None,
-                   fuse: Optional[FuseHook] = None, carry=None, image_index=None,
+                   fuse: Optional[FuseHook] = None, carry=None, image_index=None, text_index=None,
                    queries_only: bool = False) -> EncoderOutput:
         """ITM pass: [queries; text] with the bidirectional mask, queries cross-attend; optional fuse hook.
 
-        `image_index` (B,): text row b is paired with image image_index[b] of image_feats (and image_mask),
-        whose cross-attention keys / values are then projected once per image instead of once per pair.
+        `image_index` (P,): pair p shows image image_index[p] of image_feats (and image_mask), whose
+        cross-attention keys / values are then projected once per image instead of once per pair.
+        `text_index` (P,): pair p shows text text_index[p] of input_ids / attention_mask (and
+        query_embeds); the first layer's text-only work then runs once per text (QFormerEncoder.run's
+        input_index). Without an index, row p of that input is pair p's.
         `queries_only`: the last layer computes the query positions only (all that ITM reads).
         """
         queries = self.queries(input_ids.shape[0], query_embeds)
@@ -421,7 +438,8 @@ class QFormer(nn.Module):
         bias = attention_bias(bidirectional_mask(self._text_mask(input_ids, attention_mask), queries.shape[1]))
         memory, memory_bias = self._memory(image_feats, image_mask, image_index)
         return self.qformer.run(embeds, bias, queries.shape[1], memory, memory_bias, fuse=fuse, carry=carry,
-                                memory_index=image_index, last_rows=queries.shape[1] if queries_only else None)
+                                memory_index=image_index, last_rows=queries.shape[1] if queries_only else None,
+                                input_index=text_index)
 
     def encode_joint(self, image_feats, input_ids, attention_mask=None, image_mask=None, query_embeds=None):
         """ITM pass: (B, Q+T, H)."""

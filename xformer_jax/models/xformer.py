@@ -122,17 +122,19 @@ class Stage1Model(nn.Module):
         queries, mae_out = self._finish(result, self.config.qformer.num_query_tokens, mae_states)
         return queries, result.cache, mae_out
 
-    def itm_logits(self, clip, mae_states, input_ids, attention_mask, image_index=None):
+    def itm_logits(self, clip, mae_states, input_ids, attention_mask, image_index=None, text_index=None):
         """ITM pass over (image, text) pairs: (P, 2) float32, mean over the fused query outputs.
 
         Without `image_index` row p of clip / mae_states is pair p's image; with it (P,), clip / mae_states
         hold each image once and pair p shows image image_index[p], so the image side of the
         cross-attention is projected once per image rather than once per pair (the 3B ITM pairs of B images).
+        Likewise `text_index` (P,) picks pair p's text from input_ids / attention_mask, and the first
+        Q-Former layer's text-only work runs once per text.
         """
         mae_pairs = mae_states if mae_states is None or image_index is None else mae_states[image_index]
         result = self.qformer.joint_pass(self._memory(clip, mae_states), input_ids, attention_mask,
                                          fuse=self._fuse_hook(), carry=mae_pairs, image_index=image_index,
-                                         queries_only=True)
+                                         text_index=text_index, queries_only=True)
         queries, _ = self._finish(result, self.config.qformer.num_query_tokens, mae_pairs)
         return self.qformer.itm_head(queries).astype(jnp.float32).mean(axis=1)
 
@@ -163,12 +165,12 @@ class Stage1Model(nn.Module):
         neg_text, neg_image = losses.sample_hard_negatives(key, sim_i2t, sim_t2i, image_ids)
         image_index, text_index, labels = losses.itm_inputs(neg_text, neg_image)
         if c.itm_shared_image_kv:
-            logits = self.itm_logits(images["clip"], images.get("mae"), input_ids[text_index],
-                                     attention_mask[text_index], image_index=image_index)
+            logits = self.itm_logits(images["clip"], images.get("mae"), input_ids, attention_mask,
+                                     image_index=image_index, text_index=text_index)
         else:
             mae_rows = None if images.get("mae") is None else images["mae"][image_index]
-            logits = self.itm_logits(images["clip"][image_index], mae_rows, input_ids[text_index],
-                                     attention_mask[text_index])
+            logits = self.itm_logits(images["clip"][image_index], mae_rows, input_ids, attention_mask,
+                                     text_index=text_index)
         out["itm"] = losses.itm_loss(logits, labels)
         out["itm_accuracy"] = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
