@@ -243,7 +243,9 @@ def passes(module, params, ids, mask, image, image_mask):
         itg_states_cut=call("decoder_hidden", ids, mask, query_cache=cache, positions=cut),
         itg_states_joint_cut=call("decoder_hidden", ids, mask, image, image_mask, positions=cut),
         itm_copied=call("joint_pass", image[pair_image], *pair_args, image_mask[pair_image]).last,
-        itm_shared=call("joint_pass", image, *pair_args, image_mask, image_index=pair_image, queries_only=True).last)
+        itm_shared=call("joint_pass", image, *pair_args, image_mask, image_index=pair_image, queries_only=True).last,
+        itm_shared_text=call("joint_pass", image, ids, mask, image_mask, image_index=pair_image, text_index=pair_text,
+                             queries_only=True).last)
 
 
 @pytest.fixture(scope="module")
@@ -306,21 +308,24 @@ def test_itm_pass_is_bidirectional_and_respects_masks(tiny):
 
 
 def test_last_layer_shortcuts_and_shared_image_keys_change_nothing(tiny):
-    """What the stage-1 step skips (the last layer's unread positions, per-pair image keys / values) or
-    shares changes no value it reads: ITC's [CLS], ITG's predicting positions, ITM's query outputs."""
+    """What the stage-1 step skips (the last layer's unread positions, per-pair image keys / values, the
+    first ITM layer's per-pair text work) or shares changes no value it reads: ITC's [CLS], ITG's predicting positions, ITM's query outputs."""
     _, _, _, run = tiny
     image_mask = np.array([[1] * 7, [1, 1, 1, 1, 0, 0, 0]], np.int32)
     out = run(image_mask=image_mask)
     errors = {"text [CLS]": max_diff(out["text_cls"], out["text"][:, :1]),
               "ITG cached, T-1": max_diff(out["itg_states_cut"], out["itg_states"][:, :-1]),
               "ITG joint, T-1": max_diff(out["itg_states_joint_cut"], out["itg_states"][:, :-1]),
-              "ITM shared image k/v": max_diff(out["itm_shared"], out["itm_copied"][:, :TINY.num_query_tokens])}
+              "ITM shared image k/v": max_diff(out["itm_shared"], out["itm_copied"][:, :TINY.num_query_tokens]),
+              "ITM first layer once per text": max_diff(out["itm_shared_text"], out["itm_shared"])}
     print("last-layer shortcuts, max abs diff:", {k: f"{v:.1e}" for k, v in errors.items()})
     assert out["text_cls"].shape == (2, 1, 32) and out["itg_states_cut"].shape == (2, 5, 32)
     assert out["itm_shared"].shape == (4, TINY.num_query_tokens, 32)
     assert max(errors.values()) < 1e-5
     # pairs 0 and 1 share text 0 but not the image (the masked one is image 1): image_index is read
     assert max_diff(out["itm_shared"][0], out["itm_shared"][1]) > 1e-3
+    # pairs 0 and 2 share image 1 but not the text (text 1 has padding): text_index is read
+    assert max_diff(out["itm_shared_text"][0], out["itm_shared_text"][2]) > 1e-3
 
 
 def test_call_outputs_remat_and_bfloat16(tiny):
