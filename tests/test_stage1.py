@@ -46,7 +46,8 @@ def test_frozen_towers_get_no_gradient_and_no_optimizer_state(batch_and_dir):
     assert not any("['vision']" in p or "['mae']" in p for p in opt_paths)
 
     batch = trainer.global_batch(local)
-    grads = jax.grad(lambda frozen: trainer.loss_fn(state.params, frozen, batch, jax.random.key(1))[0])(state.frozen)
+    grads = jax.jit(jax.grad(lambda frozen: trainer.loss_fn(state.params, frozen, batch, jax.random.key(1))[0]))(
+        state.frozen)
     for path, g in jax.tree_util.tree_flatten_with_path(grads["vision"])[0]:
         assert not np.any(np.asarray(g)), path
     for path, g in jax.tree_util.tree_flatten_with_path(grads["mae"]["encoder"])[0]:

@@ -51,14 +51,18 @@ def test_lm_loss_equals_a_reference(setup):
     batch = trainer.global_batch(local)
     params = {**trainer.state.params, **trainer.state.frozen}
     model = trainer.model
-    loss, _ = trainer.loss_fn(trainer.state.params, trainer.state.frozen, batch, jax.random.key(0))
+    loss, _ = jax.jit(trainer.loss_fn)(trainer.state.params, trainer.state.frozen, batch, jax.random.key(0))
 
     # Reference: logits of the LLM over [projected queries; token embeddings], then HF's causal-LM
     # cross-entropy in NumPy with -100 on the query positions and wherever the pipeline put it.
-    embeds, mask = model.apply({"params": params}, batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
-                               batch["mae_pixel_values"], method=model.prompt_embeddings)
-    logits = np.asarray(model.apply({"params": params}, inputs_embeds=embeds, attention_mask=mask,
-                                    method=lambda m, **kw: m.llm(**kw))["logits"], np.float64)
+    @jax.jit
+    def llm_logits(params, batch):
+        embeds, mask = model.apply({"params": params}, batch["pixel_values"], batch["input_ids"],
+                                   batch["attention_mask"], batch["mae_pixel_values"], method=model.prompt_embeddings)
+        return model.apply({"params": params}, inputs_embeds=embeds, attention_mask=mask,
+                           method=lambda m, **kw: m.llm(**kw))["logits"]
+
+    logits = np.asarray(llm_logits(params, batch), np.float64)
     queries = config.model.qformer.num_query_tokens
     labels = np.concatenate([np.full((labels_rows := local["labels"].shape[0], queries), -100), local["labels"]], 1)
     assert labels_rows == logits.shape[0]
