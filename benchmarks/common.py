@@ -1,10 +1,26 @@
 """Shared timing helpers for the benchmark scripts (each prints one JSON object)."""
+import argparse
 import os
 import time
 
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def limit_threads() -> int:
+    """--threads N (call before jax / torch start): pin the process to N cores; returns the thread count.
+
+    XLA's CPU thread pool (which also runs independent ops concurrently, so XLA's single-threaded-Eigen
+    flag alone still uses every core) sizes itself from the affinity mask; torch is told N threads.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--threads", type=int, default=0)
+    threads = pre.parse_known_args()[0].threads
+    if threads <= 0 or threads >= os.cpu_count():
+        return os.cpu_count()
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[-threads:])
+    return threads
 
 
 def time_calls(fn, warmup: int, iters: int) -> float:

@@ -28,27 +28,13 @@ import tempfile
 import time
 from typing import Callable
 
-
-def _limit_threads() -> int:
-    """--threads N (before jax / torch start): pin the process to N cores, torch gets N threads.
-
-    XLA's CPU thread pool (which also runs independent ops concurrently, so XLA's single-threaded-Eigen
-    flag alone still uses every core) sizes itself from the affinity mask.
-    """
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--threads", type=int, default=0)
-    threads = pre.parse_known_args()[0].threads
-    if threads <= 0 or threads >= os.cpu_count():
-        return os.cpu_count()
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[-threads:])
-    return threads
-
-
-THREADS = _limit_threads()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
+
 from common import count_params, synthetic_batch, xla_flops  # noqa: E402
+
+THREADS = common.limit_threads()  # before jax / torch start
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
