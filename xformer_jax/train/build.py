@@ -164,13 +164,15 @@ def stage1_checkpoint_params(path: str) -> dict:
     directory = path if os.path.basename(os.path.normpath(path)) == "checkpoints" else os.path.join(path, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"config.init_from: no checkpoints directory at {directory}")
-    with ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
+    from xformer_jax.train import checkpointing
+    with ocp.CheckpointManager(directory, item_handlers=checkpointing.item_handlers()) as manager:
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"config.init_from: no finalized checkpoint in {directory}")
-        metadata = manager.item_metadata(step)["state"]
+        metadata = manager.item_metadata(step)[checkpointing.STATE]
         target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata.tree)
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        items = {checkpointing.STATE: ocp.args.StandardRestore(target)}
+        state = manager.restore(step, args=ocp.args.Composite(**items))[checkpointing.STATE]
     logging.info("stage-1 weights from %s step %d", directory, step)
     return {**state["params"], **state["frozen"]}
 

@@ -29,6 +29,12 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     return c
 
 
+def item_handlers() -> dict:
+    """The handlers of both items: a manager that reads only the state still needs both, or orbax warns
+    that it found an item it cannot restore."""
+    return {STATE: ocp.StandardCheckpointHandler(), DATA_ITER: grain.checkpoint.CheckpointHandler()}
+
+
 class Checkpointer:
     """A thin `ocp.CheckpointManager` for {state: StandardSave, data_iter: grain CheckpointSave}."""
 
@@ -51,9 +57,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                           DATA_ITER: grain.checkpoint.CheckpointHandler()})
+            self.directory, options=options, item_handlers=item_handlers())
 
     def save(self, step: int, state: Any, iterator: Optional[grain.DatasetIterator] = None,
              force: bool = False) -> bool:
