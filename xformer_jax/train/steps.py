@@ -66,7 +66,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
                                                                  state.step_key())
         new_state = state.apply_gradients(grads, tx)
         new_state = new_state.replace(params=clamp_temperature(new_state.params))
-        metrics = dict(metrics, lr=schedule(state.step), grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, lr=schedule(state.step), grad_norm=optax.tree.norm(grads))
         return new_state, metrics
     return step
 
