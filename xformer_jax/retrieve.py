@@ -4,7 +4,8 @@ ITC ranks every pair: similarity = max over the queries of <image query embeddin
 (both L2-normalised; MAE unmasked). ITM then re-scores each query's top `k_test` candidates with the
 match logit of the joint pass plus the ITC similarity (`eval.retrieval.itm_rerank`). The towers'
 features of every image are computed once and kept on the devices (LAVIS keeps them on the GPU), so
-re-ranking runs only the Q-Former's joint pass, on the pairs each query picked. Texts are cleaned as
+re-ranking runs only the Q-Former's joint pass, on the pairs each query picked; the query's own image
+(keys / values) or text (first layer) is computed once for all its candidates. Texts are cleaned as
 BLIP's caption processor does and tokenised to `config.data.max_len`.
 """
 import dataclasses
@@ -32,11 +33,19 @@ def _text_side(model: xformer.Stage1Model, input_ids, attention_mask):
     return model.qformer.text_embeddings(model.qformer.encode_text(input_ids, attention_mask))
 
 
-def _match_logits(model: xformer.Stage1Model, images: dict, texts: dict, image_index, text_index):
-    """ITM match logit (BLIP-2's retrieval score) of the pairs (image_index[i], text_index[i])."""
-    mae = None if images["mae"] is None else images["mae"][image_index]
-    logits = model.itm_logits(images["clip"][image_index], mae, texts["input_ids"][text_index],
-                              texts["attention_mask"][text_index])
+def _match_logits(model: xformer.Stage1Model, images: dict, texts: dict, pairs: dict):
+    """ITM match logit (BLIP-2's retrieval score) of pairs p = (image images[pairs["images"][image_row[p]]],
+    text texts[pairs["texts"][text_row[p]]]).
+
+    `pairs` ("images", "texts": the distinct indices a query's candidates use; "image_row", "text_row":
+    each pair's row among them) lets the joint pass project each distinct image's cross-attention keys /
+    values and run each distinct text's first layer once: once for an image query's k texts, once for a
+    text query's k images.
+    """
+    mae = None if images["mae"] is None else images["mae"][pairs["images"]]
+    logits = model.itm_logits(images["clip"][pairs["images"]], mae, texts["input_ids"][pairs["texts"]],
+                              texts["attention_mask"][pairs["texts"]], image_index=pairs["image_row"],
+                              text_index=pairs["text_row"])
     return logits[:, 1]
 
 
@@ -72,7 +81,7 @@ class Retriever:
         self._variables = {"params": self.params}
         self._images = jax.jit(lambda v, px, mpx: self.model.apply(v, px, mpx, method=_image_side))
         self._texts = jax.jit(lambda v, ids, mask: self.model.apply(v, ids, mask, method=_text_side))
-        self._match = jax.jit(lambda v, i, t, ii, ti: self.model.apply(v, i, t, ii, ti, method=_match_logits))
+        self._match = jax.jit(lambda v, i, t, pairs: self.model.apply(v, i, t, pairs, method=_match_logits))
 
     def encode_images(self, images: Sequence) -> dict:
         """{"clip", "mae" (None without MAE), "embeds"} as numpy arrays for PIL images."""
@@ -93,7 +102,10 @@ class Retriever:
                                     "texts": {k: texts[k] for k in ("input_ids", "attention_mask")}})
 
         def match(image_index: np.ndarray, text_index: np.ndarray) -> np.ndarray:
+            (images_used, image_row), (texts_used, text_row) = (
+                np.unique(image_index, return_inverse=True), np.unique(text_index, return_inverse=True))
+            pairs = {"images": images_used, "image_row": image_row, "texts": texts_used, "text_row": text_row}
             return np.asarray(self._match(self._variables, on_device["images"], on_device["texts"],
-                                          image_index.astype(np.int32), text_index.astype(np.int32)))
+                                          {k: v.astype(np.int32) for k, v in pairs.items()}))
 
         return (sims, *retrieval.itm_rerank(sims, match, k_test))
