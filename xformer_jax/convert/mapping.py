@@ -123,14 +123,6 @@ def flat_shapes(params) -> dict[str, tuple]:
 # The inverse: Flax params -> HF names and layouts, from the same tables.
 # ------------------------------------------------------------------------------------------------
 
-def _compile_inverse(table: Table) -> list[tuple[re.Pattern, str]]:
-    compiled = []
-    for hf, flax in table:
-        pattern = re.escape(flax).replace(r"\{i\}", r"(?P<i>\d+)")
-        compiled.append((re.compile(pattern + r"\Z"), hf))
-    return compiled
-
-
 def _to_hf_layout(array: np.ndarray, leaf: str) -> np.ndarray:
     """The inverse of `_to_flax_layout`: Linear (in, out) -> (out, in), Conv HWIO -> OIHW."""
     if leaf == "kernel" and array.ndim == 2:
@@ -162,7 +154,7 @@ def flax_to_hf(flat: Mapping[str, np.ndarray], table: Table, ndims: Optional[Map
     singleton dims; `drop` lists regexes of Flax paths knowingly not exported. Any other param
     without a rule, and two params landing on one name, raise CheckpointMismatch.
     """
-    compiled = _compile_inverse(table)
+    compiled = _compile([(flax, hf) for hf, flax in table])  # match Flax paths, name HF keys
     dropped = [re.compile(p) for p in drop]
     ndims = dict(ndims or {})
     out, source, problems = {}, {}, []

@@ -58,19 +58,25 @@ MAE_DECODER = [
 ]
 
 
+def _attention(hf: str, flax: str, block: str, holder: str) -> list[tuple[str, str]]:
+    """A BERT attention block `block` (q/k/v under `holder`, then output dense + LayerNorm)."""
+    rules = [(f"{hf}.{block}.{holder}.{p}", f"{flax}/{block}/{p}") for p in ("query", "key", "value")]
+    return rules + [(f"{hf}.{block}.output.dense", f"{flax}/{block}/output/dense"),
+                    (f"{hf}.{block}.output.LayerNorm", f"{flax}/{block}/output/layernorm")]
+
+
+def _ffn(hf: str, flax: str, suffix: str = "") -> list[tuple[str, str]]:
+    """A BERT FFN: `intermediate{suffix}.dense`, then `output{suffix}` dense + LayerNorm."""
+    return [(f"{hf}.intermediate{suffix}.dense", f"{flax}/intermediate{suffix}/dense"),
+            (f"{hf}.output{suffix}.dense", f"{flax}/output{suffix}/dense"),
+            (f"{hf}.output{suffix}.LayerNorm", f"{flax}/output{suffix}/layernorm")]
+
+
 def qformer_layer(hf: str, flax: str, self_attention: str) -> list[tuple[str, str]]:
     """One Q-Former / BERT layer. `self_attention` is HF's name of the q/k/v holder: "attention" in
     Blip2QFormerModel (`attention.attention.query`), "self" in BERT (`attention.self.query`)."""
-    rules = []
-    for block in ("attention", "crossattention"):
-        rules += [(f"{hf}.{block}.{self_attention}.{p}", f"{flax}/{block}/{p}") for p in ("query", "key", "value")]
-        rules += [(f"{hf}.{block}.output.dense", f"{flax}/{block}/output/dense"),
-                  (f"{hf}.{block}.output.LayerNorm", f"{flax}/{block}/output/layernorm")]
-    for suffix in ("", "_query"):
-        rules += [(f"{hf}.intermediate{suffix}.dense", f"{flax}/intermediate{suffix}/dense"),
-                  (f"{hf}.output{suffix}.dense", f"{flax}/output{suffix}/dense"),
-                  (f"{hf}.output{suffix}.LayerNorm", f"{flax}/output{suffix}/layernorm")]
-    return rules
+    return [*_attention(hf, flax, "attention", self_attention), *_attention(hf, flax, "crossattention", self_attention),
+            *_ffn(hf, flax), *_ffn(hf, flax, "_query")]
 
 
 # HF Blip2QFormerModel -> models.qformer.QFormerEncoder.
@@ -147,12 +153,7 @@ def cross_block(hf: str, flax: str) -> list[tuple[str, str]]:
     """fusion.CrossBlock as transformers' Q-Former modules hold it: `crossattention` a
     Blip2QFormerAttention (keys / values from the other stream's width), then Blip2QFormerIntermediate
     and Blip2QFormerOutput (`intermediate`, `output`)."""
-    rules = [(f"{hf}.crossattention.attention.{p}", f"{flax}/crossattention/{p}") for p in ("query", "key", "value")]
-    return rules + [(f"{hf}.crossattention.output.dense", f"{flax}/crossattention/output/dense"),
-                    (f"{hf}.crossattention.output.LayerNorm", f"{flax}/crossattention/output/layernorm"),
-                    (f"{hf}.intermediate.dense", f"{flax}/intermediate/dense"),
-                    (f"{hf}.output.dense", f"{flax}/output/dense"),
-                    (f"{hf}.output.LayerNorm", f"{flax}/output/layernorm")]
+    return [*_attention(hf, flax, "crossattention", "attention"), *_ffn(hf, flax)]
 
 
 # The fusion variants' own params (models/fusion.py, Stage1Model.setup) -> xformer_jax.torch's names.
