@@ -29,10 +29,6 @@ def _image_side(model: xformer.Stage1Model, pixel_values, mae_pixel_values):
     return {"clip": images["clip"], "mae": images.get("mae"), "embeds": model.qformer.image_embeddings(queries)}
 
 
-def _text_side(model: xformer.Stage1Model, input_ids, attention_mask):
-    return model.qformer.text_embeddings(model.qformer.encode_text(input_ids, attention_mask))
-
-
 def _match_logits(model: xformer.Stage1Model, images: dict, texts: dict, pairs: dict):
     """ITM match logit (BLIP-2's retrieval score) of pairs p = (image images[pairs["images"][image_row[p]]],
     text texts[pairs["texts"][text_row[p]]]).
@@ -80,7 +76,8 @@ class Retriever:
         self.transform = inference.eval_transform(data)
         self._variables = {"params": self.params}
         self._images = jax.jit(lambda v, px, mpx: self.model.apply(v, px, mpx, method=_image_side))
-        self._texts = jax.jit(lambda v, ids, mask: self.model.apply(v, ids, mask, method=_text_side))
+        self._texts = jax.jit(lambda v, ids, mask: self.model.apply(v, ids, mask,
+                                                                    method=xformer.Stage1Model.text_embeddings))
         self._match = jax.jit(lambda v, i, t, pairs: self.model.apply(v, i, t, pairs, method=_match_logits))
 
     def encode_images(self, images: Sequence) -> dict:
