@@ -85,6 +85,13 @@ QFORMER = [
     *qformer_layer("encoder.layer.{i}", "layer_{i}", "attention"),
 ]
 
+# BERT's `cls.predictions` (the decoder is tied to the word embeddings) -> QFormer.lm_head.
+LM_HEAD = [
+    ("cls.predictions.transform.dense", "lm_head/dense"),
+    ("cls.predictions.transform.LayerNorm", "lm_head/layernorm"),
+    ("cls.predictions.bias", "lm_head/bias"),
+]
+
 # BERT (BertModel, or BertLMHeadModel / BertForMaskedLM with `bert.` stripped) -> models.qformer.QFormer.
 # The query FFN (`*_query`) rules read copies of the text FFN that the BERT fixups add; the
 # token-type row is folded into the position table by the fixups too.
@@ -93,9 +100,7 @@ BERT_QFORMER = [
     ("embeddings.position_embeddings", "embeddings/position_embeddings"),
     ("embeddings.LayerNorm", "qformer/layernorm"),
     *qformer_layer("encoder.layer.{i}", "qformer/layer_{i}", "self"),
-    ("cls.predictions.transform.dense", "lm_head/dense"),
-    ("cls.predictions.transform.LayerNorm", "lm_head/layernorm"),
-    ("cls.predictions.bias", "lm_head/bias"),
+    *LM_HEAD,
 ]
 
 # HF Blip2ForImageTextRetrieval -> models.qformer.QFormer. HF's vision `post_layernorm` is LAVIS's
@@ -168,9 +173,7 @@ FUSION = [
 
 # What the stage-1 Q-Former has beyond Blip2ForImageTextRetrieval: the ITG head (BERT's names) and temp.
 QFORMER_EXTRAS = [
-    ("cls.predictions.transform.dense", "lm_head/dense"),
-    ("cls.predictions.transform.LayerNorm", "lm_head/layernorm"),
-    ("cls.predictions.bias", "lm_head/bias"),
+    *LM_HEAD,
     ("temp", "temp"),
 ]
 
