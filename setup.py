@@ -23,6 +23,7 @@ setup(
         "tokenizers>=0.23",
         "tensorboardX>=2.6",
         "absl-py>=2.0",
+        "matplotlib>=3.10",  # the demo's pictures (imported by xformer_jax.plots only)
     ],
     extras_require={
         # torch first (the Makefile installs the CPU wheel before this extra).

@@ -20,13 +20,16 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     if arg not in VARIANTS:
         raise ValueError(f"configs/demo.py:{arg}: unknown variant; available: {VARIANTS}")
     config = common.base_config()
-    config.total_steps = 80  # `make demo` fits 15 minutes on 2 cores (launch/demo.py)
+    config.total_steps = 200  # `make demo` fits 15 minutes on 2 cores (launch/demo.py)
     config.batch_size = 16
     config.log_every = 10
     config.checkpoint_every = 100
-    config.eval_every = 0
+    config.eval_every = 50  # held-out losses and ITM accuracy on the validation split
+    config.eval_batches = 4
 
-    image, patch = 64, 8
+    # 96 px in 16 px patches: the synthetic scenes put each object inside one slot of a 6x6 grid, which these
+    # patches match, so every patch token holds at most one whole object (countable, shapes legible).
+    image, patch = 96, 16
     config.model.vision.update(kind="clip", hidden_size=192, num_hidden_layers=4, num_attention_heads=6,
                                intermediate_size=768, image_size=image, patch_size=patch, hidden_act="quick_gelu",
                                layer_norm_eps=1e-5, feature_layer=-2)
@@ -42,7 +45,7 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
                                mae_heads=6, intermediate_size=768)
 
     config.data.update(kind="synthetic", path="workdir/synthetic_data", image_size=image, max_len=24)
-    config.data.synthetic.update(num_train=512, num_val=64, num_test=64, image_size=image)
+    config.data.synthetic.update(num_train=2048, num_val=64, num_test=64, image_size=image)
     config.optim.update(lr=1e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=20)
     if arg == "stage2":
         config.stage = "stage2"
@@ -52,6 +55,7 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
             ffn_dim=1024, num_attention_heads=8, max_position_embeddings=128, pad_token_id=1, bos_token_id=2,
             eos_token_id=2))
         config.data.update(llm_tokenizer_path="workdir/llm/tokenizer.json", max_txt_len=32, prompt="")
-        config.total_steps = 100
-        config.optim.update(lr=5e-4, warmup_steps=10)  # 100 steps: the fresh projection must move fast
+        config.total_steps = 1000
+        config.eval_every = 200
+        config.optim.update(lr=5e-4, warmup_steps=50)
     return config

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from xformer_jax.data.config import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, default_data_config,
-                                     flip_enabled, validate)
+                                     crop_scale, flip_enabled, validate)
 from xformer_jax.data.transforms import (BLIP_RATIO, ImageTransform, clean_caption, decode_image,
                                          random_resized_crop_box)
 
@@ -95,14 +95,15 @@ def test_caption_cleaning_keeps_max_words():
     assert clean_caption("one two three", max_words=2) == "one two"
 
 
-def test_config_defaults_validate_and_flip_defaults_by_kind():
+def test_config_defaults_validate_and_flip_and_crop_default_by_kind():
     data = default_data_config()
     validate(data)
     assert data.mae_image_size is None and data.flip is None and data.batch_size == 64
     assert not flip_enabled(data)  # synthetic: captions say left / right
+    assert crop_scale(data) == (1.0, 1.0)  # synthetic: captions state counts a crop would change
     data.kind, data.path = "webdataset", "x/{0..1}.tar"
-    assert flip_enabled(data)
-    data.flip = False
-    assert not flip_enabled(data)
+    assert flip_enabled(data) and crop_scale(data) == (0.5, 1.0)  # BLIP-2's photos
+    data.flip, data.min_scale = False, 0.8
+    assert not flip_enabled(data) and crop_scale(data) == (0.8, 1.0)
     with pytest.raises(ValueError, match=r"config.data.max_len=0 must be a positive integer"):
         validate(ml_collections.ConfigDict({**default_data_config().to_dict(), "max_len": 0}))

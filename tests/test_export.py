@@ -257,6 +257,11 @@ def stage1_per_layer(tmp_path_factory):
     root = tmp_path_factory.mktemp("xformer_stage1")
     config = tiny_config(root, "xformer", "per_xattn_layer")
     trainer = loop.make_trainer(config, load_pretrained=False)
+    # The MAE gates start at zero (M' = M); random gates make the MAE blocks count in the comparison.
+    params = {k: v if not k.startswith("duals_") else {**v, "mae_gate": rng.normal(size=v["mae_gate"].shape)
+                                                       .astype(np.float32)}
+              for k, v in trainer.state.params.items()}
+    trainer.state = trainer.state.replace(params=params)
     loop.save_config(config, str(root))
     checkpoints = checkpointing.Checkpointer(str(root), config.checkpoint)
     checkpoints.save(0, trainer.state, force=True)

@@ -73,6 +73,34 @@ def test_itm_with_shared_image_keys_and_values_equals_gathered_images(batch_and_
     assert abs(float(outputs[True]["itg"]) - float(outputs[False]["itg"])) < 1e-6
 
 
+@pytest.mark.parametrize("placement", ["after_qformer", "per_xattn_layer"])
+def test_mae_stream_starts_as_the_mae_encoder_output(batch_and_dir, placement):
+    """At initialisation M' = M exactly (the gate is zero), so the frozen decoder reads what it was trained on
+    and the reconstruction loss starts at the MAE's own; without the gate the post-LN block replaces M (by
+    little here, where the random encoder's final LayerNorm is still the identity; a pretrained one's is not)."""
+    local, workdir = batch_and_dir
+    losses = {}
+    for gate in (True, False):
+        config = tiny_config(workdir, "xformer", placement)
+        config.model.fusion.mae_gate = gate
+        trainer = loop.make_trainer(config, load_pretrained=False, devices=jax.devices()[:1])
+        model, params = trainer.model, {**trainer.state.params, **trainer.state.frozen}
+
+        def streams(m, pixels, mae_pixels):
+            images = m.encode_images(pixels, mae_pixels, jax.random.key(0))
+            _, _, enriched = m.query_states(images)
+            return (images["mae"], enriched, m.reconstruct(enriched, images, mae_pixels)[0],
+                    m.reconstruct(images["mae"], images, mae_pixels)[0])
+        mae_states, enriched, rec, rec_alone = jax.jit(lambda p, *a: model.apply({"params": p}, *a, method=streams))(
+            params, local["pixel_values"], local["mae_pixel_values"])
+        losses[gate] = (float(rec), float(rec_alone))
+        if gate:
+            np.testing.assert_array_equal(np.asarray(enriched), np.asarray(mae_states))
+        else:
+            assert not np.array_equal(np.asarray(enriched), np.asarray(mae_states))
+    assert losses[True][0] == losses[True][1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion,placement", VARIANTS, ids=[f"{f}-{p}" for f, p in VARIANTS])
 def test_forty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretrained_towers, fusion, placement):

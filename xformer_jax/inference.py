@@ -56,7 +56,7 @@ def eval_transform(data: ml_collections.ConfigDict) -> transforms.ImageTransform
     return transforms.ImageTransform(
         image_size=data.image_size, mae_image_size=data.mae_image_size or data.image_size,
         clip_mean=tuple(data.clip_mean), clip_std=tuple(data.clip_std), mae_mean=tuple(data.mae_mean),
-        mae_std=tuple(data.mae_std), train=False, scale=(data.min_scale, data.max_scale), flip=False)
+        mae_std=tuple(data.mae_std), train=False, flip=False)
 
 
 def eval_pixels(transform: transforms.ImageTransform, images: Sequence) -> tuple[np.ndarray, np.ndarray]:

@@ -1,77 +1,80 @@
-"""Pictures a person would rather look at than read, drawn with PIL only (no plotting dependency)."""
-import textwrap
-from typing import Mapping, Sequence
+"""The demo's pictures, drawn with matplotlib (imported here only: training never needs it)."""
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]  # name -> (steps, values)
+RIGHT, WRONG, PLAIN = "#1a7f37", "#cf222e", "black"
 
 
-def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str, title: str,
-               size: tuple[int, int] = (640, 400)) -> None:
-    """One panel per series (loss terms differ in scale), x = step."""
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def line_chart(series: Series, path: str, title: str, eval_series: Optional[Series] = None,
+               columns: int = 3) -> None:
+    """One panel per training series (loss terms differ in scale), x = step; a series of eval_series with
+    the same name is drawn in the same panel with markers (held-out data)."""
+    plt = _pyplot()
     names = list(series)
-    cols = min(len(names), 3)
-    rows = -(-len(names) // cols)
-    width, height = size
-    canvas = Image.new("RGB", (width * cols, height * rows + 30), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((10, 8), title, fill="black")
-    for n, name in enumerate(names):
-        x0, y0 = (n % cols) * width, 30 + (n // cols) * height
-        _panel(draw, (x0 + 50, y0 + 25, x0 + width - 15, y0 + height - 30), series[name], name, COLORS[n % len(COLORS)])
-    canvas.save(path)
+    columns = min(columns, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        steps, values = series[name]
+        ax.plot(steps, values, color="tab:blue", linewidth=1.5, label="train")
+        if eval_series and name in eval_series:
+            ax.plot(*eval_series[name], "o-", color="tab:orange", markersize=4, linewidth=1, label="held out")
+            ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def _panel(draw, box, xy, name, color):
-    left, top, right, bottom = box
-    steps, values = np.asarray(xy[0], float), np.asarray(xy[1], float)
-    draw.rectangle(box, outline=(180, 180, 180))
-    draw.text((left, top - 16), name, fill="black")
-    if len(values) == 0:
-        return
-    lo, hi = float(values.min()), float(values.max())
-    hi = hi if hi > lo else lo + 1.0
-    s_lo, s_hi = float(steps.min()), float(max(steps.max(), steps.min() + 1))
-    px = left + (steps - s_lo) / (s_hi - s_lo) * (right - left)
-    py = bottom - (values - lo) / (hi - lo) * (bottom - top)
-    draw.line(list(zip(px.tolist(), py.tolist())), fill=color, width=2)
-    draw.text((left - 46, top), f"{hi:.3g}", fill="black")
-    draw.text((left - 46, bottom - 10), f"{lo:.3g}", fill="black")
-    draw.text((left, bottom + 4), f"step {int(s_lo)}", fill="black")
-    draw.text((right - 60, bottom + 4), f"step {int(s_hi)}", fill="black")
-
-
-def image_grid(rows: Sequence[Sequence[np.ndarray]], path: str, labels: Sequence[str] = (), scale: int = 3) -> None:
-    """rows of equally sized HWC uint8 images; optional column labels on top."""
-    h, w = rows[0][0].shape[:2]
-    top = 16 if labels else 0
-    canvas = Image.new("RGB", (len(rows[0]) * w * scale, len(rows) * h * scale + top), "white")
-    draw = ImageDraw.Draw(canvas)
-    for c, label in enumerate(labels):
-        draw.text((c * w * scale + 4, 2), label, fill="black")
+def image_grid(rows: Sequence[Sequence[np.ndarray]], path: str, labels: Sequence[str] = ()) -> None:
+    """Rows of HWC uint8 images, column labels on top."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(1.8 * len(rows[0]), 1.8 * len(rows)),
+                             squeeze=False)
     for r, row in enumerate(rows):
-        for c, img in enumerate(row):
-            tile = Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST)
-            canvas.paste(tile, (c * w * scale, top + r * h * scale))
-    canvas.save(path)
+        for c, image in enumerate(row):
+            axes[r, c].imshow(image, interpolation="nearest")
+            axes[r, c].axis("off")
+            if r == 0 and c < len(labels):
+                axes[r, c].set_title(labels[c], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def captioned_images(images: Sequence[np.ndarray], texts: Sequence[str], path: str, scale: int = 3,
-                     columns: int = 4, tile_width: int = 300) -> None:
-    """Each image with its lines of text underneath (wrapped to the tile), `columns` tiles a row."""
-    h, w = images[0].shape[:2]
-    line, chars = 13, tile_width // 6  # PIL's default bitmap font is 6 px a character
-    lines = [[part for text in t.split("\n") for part in (textwrap.wrap(text, chars) or [""])] for t in texts]
-    tile_w, tile_h = max(w * scale, tile_width), h * scale + line * max(len(ls) for ls in lines) + 10
+def captioned_images(images: Sequence[np.ndarray], texts: Sequence[Sequence[tuple[str, Optional[bool]]]],
+                     path: str, columns: int = 4) -> None:
+    """Each image above its lines of text; a line marked True is drawn green with a tick, False red with
+    a cross, None plain."""
+    plt = _pyplot()
     columns = min(columns, len(images))
     rows = -(-len(images) // columns)
-    canvas = Image.new("RGB", (tile_w * columns, tile_h * rows), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (img, ls) in enumerate(zip(images, lines)):
-        x, y = (i % columns) * tile_w, (i // columns) * tile_h
-        canvas.paste(Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST), (x, y))
-        for j, text in enumerate(ls):
-            draw.text((x + 2, y + h * scale + 3 + j * line), text, fill="black")
-    canvas.save(path)
+    height = 2.6 + 0.17 * max(len(lines) for lines in texts)
+    fig = plt.figure(figsize=(4.0 * columns, height * rows))
+    for i, (image, lines) in enumerate(zip(images, texts)):
+        r, c = divmod(i, columns)
+        ax = fig.add_axes([c / columns + 0.02 / columns, 1 - (r + 2.3 / height) / rows, 0.55 / columns,
+                           2.2 / height / rows])
+        ax.imshow(image, interpolation="nearest")
+        ax.axis("off")
+        for j, (line, right) in enumerate(lines):
+            mark = {True: "\u2713 ", False: "\u2717 ", None: ""}[right]
+            fig.text(c / columns + 0.01 / columns, 1 - (r + (2.5 + 0.17 * j) / height) / rows, mark + line,
+                     fontsize=6.5, color={True: RIGHT, False: WRONG, None: PLAIN}[right], va="top")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -28,21 +28,28 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from xformer_jax import pretrain
+from xformer_jax import inference, pretrain
 from xformer_jax.data import bpe, pipeline, synthetic
+from xformer_jax.data import config as data_config
 from xformer_jax.data.tokenizers import IGNORE_INDEX, LLMTokenizer
+from xformer_jax.data.transforms import clean_caption
+from xformer_jax.eval import attributes, probes
 from xformer_jax.eval.score import score
 from xformer_jax.inference import CAPTION_PROMPT, VQA_PROMPT, Captioner
-from xformer_jax.models import stage2
+from xformer_jax.models import mae as mae_lib
+from xformer_jax.models import stage2, vit
 from xformer_jax.train import build, loop
 
 SPEC = "spec.json"
+# Every split is evaluated; nothing in the recipe is chosen by looking at either, and README reports both.
+EVAL_SPLITS = ("val", "test")
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """Pretraining and decoding settings of a recipe run (sizes and training steps live in the configs)."""
-    tower_steps: int = 200  # pretraining steps per tower
+    tower_steps: int = 300  # pretraining steps per tower
+    tower_batch_size: int = 32  # larger than the stage-1 batch: contrastive negatives must differ in more than colour
     llm_steps: int = 400  # causal-LM pretraining steps of the small OPT
     llm_batch_size: int = 32
     llm_lr: float = 2e-3
@@ -76,17 +83,20 @@ def _write_spec(directory: str, spec: dict) -> None:
     os.replace(tmp, os.path.join(directory, SPEC))
 
 
-def pretrained_towers(config: ml_collections.ConfigDict, directory: str, steps: int,
+def pretrained_towers(config: ml_collections.ConfigDict, directory: str, steps: int, batch_size: int,
                       log: Callable[[str], None] = print) -> dict[str, str]:
     """{"vision", "mae"}: params files of the small towers, pretrained once on the training images."""
     spec = {"vision": config.model.vision.to_dict(), "mae": config.model.mae.to_dict(),
-            "data": config.data.synthetic.to_dict(), "steps": steps, "batch_size": config.batch_size,
+            "data": config.data.synthetic.to_dict(), "crop": data_config.crop_scale(config.data),
+            "flip": data_config.flip_enabled(config.data), "steps": steps, "batch_size": batch_size,
             "seed": config.seed}
     paths = {name: os.path.join(directory, f"{name}-{_digest(spec)}.msgpack") for name in ("vision", "mae")}
     if _reusable(directory, spec, list(map(os.path.basename, paths.values()))):
         return paths
     os.makedirs(directory, exist_ok=True)
     model_config = build.stage1_config(_with_fusion(config.model, "xformer"))
+    config = copy.deepcopy(config)
+    config.batch_size = config.data.batch_size = batch_size
     batches = pipeline.make_train_iterator(config)
     mae_params, mae_loss = pretrain.pretrain_mae(model_config.mae, (b["mae_pixel_values"] for b in batches), steps)
     clip_params, clip_loss = pretrain.pretrain_clip(model_config.vision, batches, model_config.qformer.vocab_size,
@@ -97,6 +107,37 @@ def pretrained_towers(config: ml_collections.ConfigDict, directory: str, steps: 
     log(f"  towers: MAE loss {mae_loss[0]:.3f} -> {np.mean(mae_loss[-10:]):.3f}, "
         f"CLIP contrastive {clip_loss[0]:.3f} -> {np.mean(clip_loss[-10:]):.3f}")
     return paths
+
+
+def tower_probes(config: ml_collections.ConfigDict, paths: dict, towers: dict, batch_size: int = 64) -> dict:
+    """{"clip" | "mae": {task: {"probe", "majority"}}}: linear probes (`eval.probes`) of the frozen towers'
+    patch tokens (CLIP: the layer the Q-Former reads; MAE: the unmasked encoder output), fitted on the
+    training images and scored on the validation and test images together."""
+    model_config = build.stage1_config(_with_fusion(config.model, "xformer"))
+    clip, encoder = vit.VisionTransformer(model_config.vision), mae_lib.MAEEncoder(model_config.mae)
+    clip_params = build.load_params(towers["vision"], "the pretrained vision tower")
+    mae_params = build.load_params(towers["mae"], "the pretrained MAE")["encoder"]
+    patch_tokens = {
+        "clip": jax.jit(lambda x: clip.apply({"params": clip_params}, x["pixel_values"], method=clip.features)[:, 1:]),
+        "mae": jax.jit(lambda x: encoder.apply(
+            {"params": mae_params}, x["mae_pixel_values"], mask_ratio=0.0,
+            noise=mae_lib.identity_noise(x["mae_pixel_values"].shape[0], model_config.mae.num_patches),
+        )["last_hidden_state"][:, 1:]),
+    }
+    transform = inference.eval_transform(config.data)
+
+    def features(splits):
+        entries = [e for split in splits for e in {e["image_id"]: e for e in load_json(paths[f"caption_{split}"])}.values()]
+        out = {name: [] for name in patch_tokens}
+        for start in range(0, len(entries), batch_size):
+            views = [transform(image, None) for image in _images(entries[start:start + batch_size], paths["root"])]
+            pixels = {k: np.stack([v[k] for v in views]) for k in views[0]}
+            for name, fn in patch_tokens.items():
+                out[name].append(probes.cell_features(np.asarray(fn(pixels))))
+        return {k: np.concatenate(v) for k, v in out.items()}, _scenes(paths, [e["image_id"] for e in entries])
+
+    (train, train_scenes), (held_out, held_out_scenes) = features(["train"]), features(EVAL_SPLITS)
+    return {name: probes.probe_all(train[name], train_scenes, held_out[name], held_out_scenes) for name in train}
 
 
 def _with_fusion(model: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
@@ -261,24 +302,55 @@ def evaluate(stage2_dir: str, paths: dict, out_dir: str, budget: Budget, split: 
     _write_json(caption_path, predict_captions(captioner, load_json(paths[f"caption_{split}"]), paths["root"],
                                                budget.eval_batch_size))
     scores = {"vqa": score("vqav2", vqa_path, paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"]),
-              "caption": score("coco_caption", caption_path, paths[f"caption_{split}_gt"])}
+              "caption": score("coco_caption", caption_path, paths[f"caption_{split}_gt"]),
+              "attributes": caption_attributes(paths, load_json(caption_path))}
     _write_json(os.path.join(out_dir, "scores.json"), scores)
     _write_spec(out_dir, spec)
     return scores
 
 
-def answer_prior(paths: dict, out_dir: str, split: str = "val") -> dict:
-    """VQA scores of answering every question with the most frequent training answer of its type: the
-    bar a model has to clear by looking at the image."""
+def _most_frequent_answers(entries: list[dict]) -> dict[str, str]:
     counts: dict[str, collections.Counter] = {}
-    for entry in load_json(paths["vqa_train"]):
+    for entry in entries:
         counts.setdefault(entry["question_type"], collections.Counter())[entry["answer"][0]] += 1
-    best = {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
+    return {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
+
+
+def blind_baselines(paths: dict, out_dir: str, split: str = "val") -> dict[str, dict]:
+    """VQA scores of two answerers that never look at the image: "prior" answers each question type with
+    its most frequent training answer; "best_constant" with the answer of each type most frequent on the
+    split itself (the best single constant per type there: the bar a model has to clear by looking)."""
+    questions = load_json(paths[f"vqa_{split}"])
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "prior_predictions.json")
-    _write_json(path, [{"question_id": e["question_id"], "answer": best[e["question_type"]]}
-                       for e in load_json(paths[f"vqa_{split}"])])
-    return score("vqav2", path, paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"])
+    results = {}
+    for name, answers in (("prior", _most_frequent_answers(load_json(paths["vqa_train"]))),
+                          ("best_constant", _most_frequent_answers(questions))):
+        path = os.path.join(out_dir, f"{name}_{split}_predictions.json")
+        _write_json(path, [{"question_id": e["question_id"], "answer": answers[e["question_type"]]} for e in questions])
+        results[name] = score("vqav2", path, paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"])
+    return results
+
+
+def _scenes(paths: dict, image_ids) -> list:
+    seed = load_json(paths["info"])["seed"]
+    return [synthetic.scene_of(seed, int(i)) for i in image_ids]
+
+
+def caption_attributes(paths: dict, predictions: list[dict]) -> dict[str, float]:
+    """`eval.attributes` scores of generated captions ({"image_id", "caption"}) against their scenes."""
+    return attributes.attribute_scores([p["caption"] for p in predictions],
+                                       _scenes(paths, [p["image_id"] for p in predictions]))
+
+
+def blind_caption(paths: dict, candidates: int = 200, scenes: int = 512) -> str:
+    """The caption a blind model would do best to write for every image: among the most frequent training
+    captions (cleaned as training cleans them), the one whose attribute score over training scenes is
+    highest."""
+    entries = load_json(paths["caption_train"])
+    counts = collections.Counter(clean_caption(e["caption"]) for e in entries)
+    pool = [caption for caption, _ in counts.most_common(candidates)]
+    ids = list(dict.fromkeys(e["image_id"] for e in entries))[:scenes]
+    return attributes.best_constant_caption(pool, _scenes(paths, ids))
 
 
 def llm_reads_captions(stage2_base: ml_collections.ConfigDict, parts: "Parts", split: str = "val",
@@ -326,7 +398,8 @@ def prepare_parts(stage1: ml_collections.ConfigDict, stage2_base: ml_collections
     with timer("synthetic data"):
         paths = dataset(stage1)
     with timer("tower pretraining"):
-        towers = pretrained_towers(stage1, os.path.join(directory, "towers"), budget.tower_steps, timer.log)
+        towers = pretrained_towers(stage1, os.path.join(directory, "towers"), budget.tower_steps,
+                                   budget.tower_batch_size, timer.log)
     with timer("LLM pretraining"):
         llm_config = copy.deepcopy(stage2_base)
         llm_config.data.synthetic = copy.deepcopy(stage1.data.synthetic)
@@ -340,9 +413,9 @@ class Run:
     stage1_config: ml_collections.ConfigDict
     stage1_dir: str
     stage2_dir: str
-    eval_dir: str
+    eval_dir: str  # eval_dir/val, eval_dir/test: `evaluate`'s files per split
     stage1_state: object
-    scores: dict
+    scores: dict  # {split: `evaluate`'s scores}
 
 
 def run(stage1: ml_collections.ConfigDict, stage2_base: ml_collections.ConfigDict, parts: Parts, run_dir: str,
@@ -353,13 +426,19 @@ def run(stage1: ml_collections.ConfigDict, stage2_base: ml_collections.ConfigDic
     config2 = stage2_config(stage2_base, config1, parts.llm, stage1_dir)
     for config, workdir in ((config1, stage1_dir), (config2, stage2_dir)):
         _check_same_run(config, workdir)
-    with timer("stage 1"):
-        state = _finished(loop.train(config1, stage1_dir), config1, stage1_dir)  # a finished run is restored
+    with timer("stage 1"):  # a finished run is restored
+        state = _finished(loop.train(config1, stage1_dir, eval_hook=_eval_hook(config1)), config1, stage1_dir)
     with timer("stage 2"):
-        _finished(loop.train(config2, stage2_dir), config2, stage2_dir)
+        _finished(loop.train(config2, stage2_dir, eval_hook=_eval_hook(config2)), config2, stage2_dir)
     with timer("evaluation"):
-        scores = evaluate(stage2_dir, parts.paths, eval_dir, budget)
+        scores = {split: evaluate(stage2_dir, parts.paths, os.path.join(eval_dir, split), budget, split)
+                  for split in EVAL_SPLITS}
     return Run(config1, stage1_dir, stage2_dir, eval_dir, state, scores)
+
+
+def _eval_hook(config: ml_collections.ConfigDict):
+    """The held-out losses (`eval/...` in metrics.jsonl) every config.eval_every steps, if set."""
+    return loop.eval_losses(config, config.eval_batches) if config.eval_every else None
 
 
 def _finished(state, config: ml_collections.ConfigDict, workdir: str):

@@ -167,6 +167,8 @@ FUSION = [
     *cross_block("dual.query_block", "dual/query_block"),
     *cross_block("duals.{i}.mae_block", "duals_{i}/mae_block"),
     *cross_block("duals.{i}.query_block", "duals_{i}/query_block"),
+    ("dual.mae_gate", "dual/mae_gate"),
+    ("duals.{i}.mae_gate", "duals_{i}/mae_gate"),
     *cross_block("mae_xattn.{i}", "mae_xattn_{i}"),
     ("mae_to_clip.proj", "mae_to_clip/proj"),
 ]

@@ -36,7 +36,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Images.
     c.image_size = 224  # CLIP tower input side
     c.mae_image_size = config_dict.placeholder(int)  # MAE tower input side (None = image_size)
-    c.min_scale = 0.5  # random-resized-crop area range, as BLIP-2 (aspect ratio 3/4..4/3)
+    # random-resized-crop area range (aspect ratio 3/4..4/3); min_scale None = 0.5 as BLIP-2 for real
+    # photos, 1.0 (no crop) for synthetic scenes, whose captions state counts that a crop would falsify
+    c.min_scale = config_dict.placeholder(float)
     c.max_scale = 1.0
     c.flip = config_dict.placeholder(bool)  # random horizontal flip; None = off for synthetic, on otherwise
     c.clip_mean, c.clip_std = CLIP_MEAN, CLIP_STD  # -> batch["pixel_values"]
@@ -80,7 +82,7 @@ def validate(data: ml_collections.ConfigDict) -> None:
     _non_negative_int("num_workers", data.num_workers)
     _positive_int("worker_buffer_size", data.worker_buffer_size)
     _non_negative_int("seed", data.seed)
-    if not 0 < data.min_scale <= data.max_scale <= 1:
+    if not 0 < crop_scale(data)[0] <= data.max_scale <= 1:
         raise ValueError(f"config.data.min_scale={data.min_scale}, max_scale={data.max_scale}: "
                          "need 0 < min_scale <= max_scale <= 1")
     for key in ("clip_mean", "clip_std", "mae_mean", "mae_std"):
@@ -90,6 +92,14 @@ def validate(data: ml_collections.ConfigDict) -> None:
         _must_exist("vocab_path", data.vocab_path)
     if data.llm_tokenizer_path:
         _must_exist("llm_tokenizer_path", data.llm_tokenizer_path)
+
+
+def crop_scale(data: ml_collections.ConfigDict) -> tuple[float, float]:
+    """(min, max) area fraction of the training crop. A crop of a synthetic scene cuts objects and whole
+    groups (70% of 0.5-area crops changed some group's count) while its caption keeps the counts."""
+    if data.min_scale is None:
+        return (1.0 if data.kind == "synthetic" else 0.5), data.max_scale
+    return data.min_scale, data.max_scale
 
 
 def flip_enabled(data: ml_collections.ConfigDict) -> bool:

@@ -88,7 +88,7 @@ def _examples(data, source, tokenizer, train: bool) -> Examples:
         image_size=data.image_size, mae_image_size=data.mae_image_size or data.image_size,
         clip_mean=tuple(data.clip_mean), clip_std=tuple(data.clip_std),
         mae_mean=tuple(data.mae_mean), mae_std=tuple(data.mae_std),
-        train=train, scale=(data.min_scale, data.max_scale), flip=data_config.flip_enabled(data))
+        train=train, scale=data_config.crop_scale(data), flip=data_config.flip_enabled(data))
     return Examples(source, transform, tokenizer or make_tokenizer(data), data.max_words, data.prompt)
 
 

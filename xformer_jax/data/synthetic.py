@@ -315,18 +315,38 @@ def _pick(rng: np.random.Generator, options):
 def make_example(seed: int, split: str, index: int, image_size: int) -> Example:
     """One example, a function of (seed, split, index) only: split sizes never change other examples,
     and image_size changes only the pixels."""
-    _check_int("seed", seed, 0, None)
-    _check_choice("split", split, SPLITS)
-    _check_int("index", index, 0, _IDS_PER_SPLIT - 1)
-    rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
+    rng = _example_rng(seed, split, index)
     scene = sample_scene(rng)
     captions = tuple(caption(scene, rng) for _ in range(_CAPTIONS_PER_IMAGE[split]))
     return Example(scene, render(scene, image_size), captions, tuple(questions(scene, rng)))
 
 
+def scene_of(seed: int, image_id_: int) -> Scene:
+    """The scene behind a written image (by its image_id), without rendering it: what evaluation checks
+    generated text against."""
+    split, index = split_index(image_id_)
+    return sample_scene(_example_rng(seed, split, index))
+
+
+def _example_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    _check_int("seed", seed, 0, None)
+    _check_choice("split", split, SPLITS)
+    _check_int("index", index, 0, _IDS_PER_SPLIT - 1)
+    return np.random.default_rng([seed, _SPLIT_CODE[split], index])
+
+
 def image_id(split: str, index: int) -> int:
     """The integer id shared by the caption, COCO and VQA files (the LAVIS caption files hold it as a str)."""
     return _SPLIT_CODE[split] * _IDS_PER_SPLIT + index
+
+
+def split_index(image_id_: int) -> tuple[str, int]:
+    """(split, index) of an image_id (the inverse of `image_id`)."""
+    code, index = divmod(int(image_id_), _IDS_PER_SPLIT)
+    splits = {c: name for name, c in _SPLIT_CODE.items()}
+    if code not in splits:
+        raise ValueError(f"image_id {image_id_} is not a synthetic image id (split code {code})")
+    return splits[code], index
 
 
 def dataset_paths(out_dir: str | os.PathLike) -> dict[str, str]:

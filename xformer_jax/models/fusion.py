@@ -11,6 +11,14 @@
                cross-attention layer, M' flowing from block to block.
 The blocks are BERT-style (post-LN attention output, then a post-LN FFN), built from the Q-Former's
 own attention and FFN modules so that keys / values project from the other stream's width.
+
+M' enters the frozen MAE decoder, which was trained on the MAE encoder's output M. A post-LN block
+replaces M by a freshly normalised stream the decoder has never seen (at initialisation it fills every
+masked patch with grey), so by default (`mae_gate`) the MAE branch is residual and gated:
+M' = M + g * block(M <- Z), with the per-channel gate g initialised to zero. At step 0 M' = M exactly,
+the reconstruction loss starts at the frozen MAE's own, and it falls only as far as the queries add
+information. The paper writes M' = CrossAttn(M <- Z) + FFN without saying how M' stays readable by the
+decoder; `mae_gate=False` is that plain block.
 """
 import dataclasses
 from typing import Any
@@ -35,6 +43,7 @@ class FusionConfig:
     intermediate_size: int = 3072  # FFN width of every fusion block
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12
+    mae_gate: bool = True  # M' = M + g * block(M <- Z), g zero-initialised (see the module docstring)
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -80,7 +89,12 @@ class DualCrossAttention(nn.Module):
 
     @nn.compact
     def __call__(self, queries, mae_states):
-        mae_states = cross_block(self.config, self.config.mae_heads, "mae_block")(mae_states, queries)
+        enriched = cross_block(self.config, self.config.mae_heads, "mae_block")(mae_states, queries)
+        if self.config.mae_gate:
+            gate = self.param("mae_gate", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+                              (mae_states.shape[-1],))
+            enriched = mae_states + gate.astype(enriched.dtype) * enriched
+        mae_states = enriched
         queries = cross_block(self.config, self.config.query_heads, "query_block")(queries, mae_states)
         return queries, mae_states
 

@@ -139,9 +139,12 @@ class DualCrossAttention(nn.Module):
         super().__init__()
         self.mae_block = CrossBlock(mae_width, query_width, fusion["mae_heads"], fusion, attn_implementation)
         self.query_block = CrossBlock(query_width, mae_width, fusion["query_heads"], fusion, attn_implementation)
+        # fusion.mae_gate: M' = M + g * block(M <- Z) (exports written before the gate existed have none)
+        self.mae_gate = nn.Parameter(torch.zeros(mae_width)) if fusion.get("mae_gate", False) else None
 
     def forward(self, queries, mae_states):
-        mae_states = self.mae_block(mae_states, queries)
+        enriched = self.mae_block(mae_states, queries)
+        mae_states = enriched if self.mae_gate is None else mae_states + self.mae_gate * enriched
         return self.query_block(queries, mae_states), mae_states
 
 
