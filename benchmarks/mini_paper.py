@@ -34,6 +34,8 @@ VARIANTS = {
     "xformer_norec": ("xformer", 0.0),
 }
 QUESTION_TYPES = ("count", "color", "position", "exists")
+SPLIT = "test"  # reported; nothing here is chosen on it
+COMPARISONS = (("xformer", "blip2"), ("xformer", "xformer_norec"))
 
 
 def variant_config(base, name: str, seed: int, batch_size: int = 0):
@@ -50,11 +52,12 @@ def variant_config(base, name: str, seed: int, batch_size: int = 0):
 
 
 def run_metrics(scores: dict) -> dict[str, float]:
-    """The figures the table compares, from one run's recipe.evaluate scores (or answer_prior's VQA scores)."""
+    """The figures the table compares, from one run's recipe.evaluate scores (or a blind baseline's VQA scores)."""
     vqa = scores.get("vqa", scores)
     metrics = {"vqa": vqa["accuracy"], **{t: vqa["per_question_type"][t] for t in QUESTION_TYPES}}
     if "caption" in scores:
         metrics["CIDEr"] = scores["caption"]["CIDEr"]
+        metrics["facts"] = scores["attributes"]["score"]
     return metrics
 
 
@@ -67,6 +70,15 @@ def aggregate(runs: dict[str, list[dict]]) -> dict[str, dict[str, dict]]:
                                "std": float(np.std([m[key] for m in metrics])), "n": len(metrics)}
                          for key in metrics[0]}
     return summary
+
+
+def paired(runs: dict[str, list[dict]], variant: str, baseline: str) -> dict[str, dict]:
+    """{metric: {"mean", "std", "n", "wins"}} of variant minus baseline over the seeds both ran (run i of
+    each is seed i): the same towers, LLM and data order, so seed-to-seed noise partly cancels."""
+    pairs = list(zip(runs[variant], runs[baseline]))
+    deltas = [{k: v - run_metrics(b)[k] for k, v in run_metrics(a).items()} for a, b in pairs]
+    return {k: {"mean": float(np.mean([d[k] for d in deltas])), "std": float(np.std([d[k] for d in deltas])),
+                "n": len(deltas), "wins": sum(d[k] > 0 for d in deltas)} for k in deltas[0]}
 
 
 def markdown(summary: dict[str, dict[str, dict]]) -> str:
@@ -106,13 +118,21 @@ def main():
             print(f"{name} seed {seed}", file=sys.stderr, flush=True)
             result = recipe.run(variant_config(stage1, name, seed, args.batch_size), stage2, parts,
                                 os.path.join(workdir, "runs", f"{name}_seed{seed}"), budget, timer)
-            runs.setdefault(name, []).append(result.scores)
-            print(f"{name} seed {seed}: {json.dumps(run_metrics(result.scores))}", file=sys.stderr, flush=True)
-    prior = recipe.answer_prior(parts.paths, os.path.join(workdir, "prior"))
-    summary = {**aggregate(runs), "prior (most frequent answer)": aggregate({"prior": [prior]})["prior"]}
-    print(json.dumps({"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
-                      "batch_size": args.batch_size, "summary": summary, "runs": runs, "seconds": timer.seconds}))
+            runs.setdefault(name, []).append(result.scores[SPLIT])
+            print(f"{name} seed {seed}: {json.dumps(run_metrics(result.scores[SPLIT]))}", file=sys.stderr, flush=True)
+    blind = recipe.blind_baselines(parts.paths, os.path.join(workdir, "blind"), SPLIT)
+    summary = {**aggregate(runs), **{f"blind: {name}": aggregate({name: [scores]})[name]
+                                     for name, scores in blind.items()}}
+    comparisons = {f"{a} - {b}": paired(runs, a, b) for a, b in COMPARISONS if a in runs and b in runs}
+    print(json.dumps({"split": SPLIT, "stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
+                      "batch_size": args.batch_size, "summary": summary, "paired": comparisons, "runs": runs,
+                      "seconds": timer.seconds}))
     print(markdown(summary))
+    for name, deltas in comparisons.items():
+        print(f"\npaired, {name} (mean ± std over seeds; wins = seeds where the first is higher):\n")
+        print("| metric | difference | wins |\n| --- | --- | --- |")
+        for metric, d in deltas.items():
+            print(f"| {metric} | {d['mean']:+.1f} ± {d['std']:.1f} | {d['wins']} / {d['n']} |")
 
 
 if __name__ == "__main__":

@@ -14,38 +14,45 @@ TINY_BUDGET = recipe.Budget(tower_steps=3, llm_steps=3, llm_batch_size=8, eval_b
 def test_demo_runs_both_stages_and_writes_its_table_pictures_and_predictions(tmp_path, capsys):
     stage1, stage2 = tiny_config(tmp_path), tiny_stage2_config(tmp_path, tokenizer_path="")
     stage2.total_steps = 2
+    for config in (stage1, stage2):
+        config.eval_every, config.eval_batches = 2, 1
     demo.run_demo(stage1, stage2, str(tmp_path / "demo"), TINY_BUDGET)
     out = capsys.readouterr().out
 
     for name in ("loss_curves.png", "reconstruction.png", "examples.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 1000, name
-    questions = json.load(open(tmp_path / "demo" / "data" / "annotations" / "vqa_val.json"))
-    answers = json.load(open(tmp_path / "demo" / "eval" / "vqa_predictions.json"))
-    assert sorted(a["question_id"] for a in answers) == sorted(q["question_id"] for q in questions)
-    captions = json.load(open(tmp_path / "demo" / "eval" / "caption_predictions.json"))
-    assert len(captions) == 8 and all(isinstance(c["caption"], str) for c in captions)
-    scores = json.load(open(tmp_path / "demo" / "eval" / "scores.json"))
-    assert set(scores["vqa"]["per_question_type"]) == {"count", "color", "position", "exists"}
-    for line in ("| stage 2 loss_lm |", "| the model (queries as prefix) |", "CIDEr-D", "true caption", "| stage 2 |"):
+    for split in ("val", "test"):  # both splits evaluated, each from its own files
+        questions = json.load(open(tmp_path / "demo" / "data" / "annotations" / f"vqa_{split}.json"))
+        answers = json.load(open(tmp_path / "demo" / "eval" / split / "vqa_predictions.json"))
+        assert sorted(a["question_id"] for a in answers) == sorted(q["question_id"] for q in questions)
+        captions = json.load(open(tmp_path / "demo" / "eval" / split / "caption_predictions.json"))
+        assert len(captions) == 8 and all(isinstance(c["caption"], str) for c in captions)
+        scores = json.load(open(tmp_path / "demo" / "eval" / split / "scores.json"))
+        assert set(scores["vqa"]["per_question_type"]) == {"count", "color", "position", "exists"}
+        assert set(scores["attributes"]) == {"colour", "shape", "count", "score", "precision"}
+    for line in ("| stage 2 loss_lm |", "| the model (queries as prefix) |", "| the best constant answer per type on test |",
+                 "CIDEr-D", "| generated |", "| blind: ", "true caption", "| stage 2 |", "held-out validation pairs",
+                 "reading the MAE encoder's own M", "| clip |", "| mae |"):
         assert line in out, line
     steps = [json.loads(line)["step"] for line in open(tmp_path / "demo" / "stage2" / "metrics.jsonl")]
     assert steps[-1] == 2
 
     # A rerun reuses the pretrained parts and the evaluation (loop.train's own reuse is tested elsewhere).
-    eval_dir = tmp_path / "demo" / "eval"
+    eval_dir = tmp_path / "demo" / "eval" / "test"
     kept = [p for p in (tmp_path / "demo").rglob("*") if p.suffix == ".msgpack" or p.parent == eval_dir]
     before = {p: p.stat().st_mtime_ns for p in kept}
     timer = recipe.Timer()
     stage1.data.path = str(tmp_path / "demo" / "data")
     parts = recipe.prepare_parts(stage1, stage2, str(tmp_path / "demo"), TINY_BUDGET, timer)
-    assert recipe.evaluate(str(tmp_path / "demo" / "stage2"), parts.paths, str(eval_dir), TINY_BUDGET) == scores
+    assert recipe.evaluate(str(tmp_path / "demo" / "stage2"), parts.paths, str(eval_dir), TINY_BUDGET, "test") == scores
     assert len(kept) >= 7 and [p for p in kept if p.stat().st_mtime_ns != before[p]] == []
     assert timer.seconds["tower pretraining"] < 1 and timer.seconds["LLM pretraining"] < 1
 
 
 def _scores(vqa: float, count: float, cider: float) -> dict:
     per_type = {"count": count, "color": 50.0, "position": 25.0, "exists": 75.0}
-    return {"vqa": {"accuracy": vqa, "per_question_type": per_type}, "caption": {"CIDEr": cider}}
+    return {"vqa": {"accuracy": vqa, "per_question_type": per_type}, "caption": {"CIDEr": cider},
+            "attributes": {"score": cider / 2}}
 
 
 def test_mini_paper_aggregates_seeds_into_mean_and_std_and_a_markdown_table():
@@ -59,10 +66,20 @@ def test_mini_paper_aggregates_seeds_into_mean_and_std_and_a_markdown_table():
     assert summary["xformer"]["CIDEr"] == {"mean": 70.0, "std": 0.0, "n": 1}
     assert "CIDEr" not in summary["prior"] and summary["prior"]["exists"]["mean"] == 50.0
     lines = mini_paper.markdown(summary).splitlines()
-    assert lines[0] == "| variant | seeds | vqa | count | color | position | exists | CIDEr |"
+    assert lines[0] == "| variant | seeds | vqa | count | color | position | exists | CIDEr | facts |"
     assert lines[2] == ("| blip2 | 2 | 45.0 ± 5.0 | 20.0 ± 10.0 | 50.0 ± 0.0 | 25.0 ± 0.0 | 75.0 ± 0.0 | "
-                        "40.0 ± 10.0 |")
-    assert lines[4].startswith("| prior | 1 | 30.0 ± 0.0 | 20.0 ± 0.0 |") and lines[4].endswith("| — |")
+                        "40.0 ± 10.0 | 20.0 ± 5.0 |")
+    assert lines[4].startswith("| prior | 1 | 30.0 ± 0.0 | 20.0 ± 0.0 |") and lines[4].endswith("| — | — |")
+
+
+def test_mini_paper_pairs_runs_by_seed():
+    from benchmarks import mini_paper
+    runs = {"blip2": [_scores(40.0, 10.0, 30.0), _scores(50.0, 30.0, 50.0)],
+            "xformer": [_scores(44.0, 10.0, 20.0), _scores(52.0, 36.0, 50.0)]}
+    deltas = mini_paper.paired(runs, "xformer", "blip2")
+    assert deltas["vqa"] == {"mean": 3.0, "std": 1.0, "n": 2, "wins": 2}
+    assert deltas["count"] == {"mean": 3.0, "std": 3.0, "n": 2, "wins": 1}
+    assert deltas["CIDEr"]["mean"] == -5.0 and deltas["CIDEr"]["wins"] == 0
 
 
 def test_mini_paper_variants_change_only_the_fusion_and_the_reconstruction_weight(tmp_path):

@@ -124,7 +124,9 @@ def test_forty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretraine
         # The median of the last steps: ITC leaves its plateau (ln batch) late and may still spike there.
         first, last = np.mean([h[term] for h in history[:3]]), np.median([h[term] for h in history[-5:]])
         print(f"{fusion}/{placement} {term}: {first:.4f} -> {last:.4f}")
-        assert last < 0.98 * first, f"{term}: {first:.4f} -> {last:.4f}"
+        # The reconstruction starts at the frozen MAE's own loss (M' = M at init) and falls only as far as
+        # the queries add information, slowly while the zero-initialised gate opens.
+        assert last < (0.995 if term == "loss_rec" else 0.98) * first, f"{term}: {first:.4f} -> {last:.4f}"
 
 
 def test_a_tower_with_both_params_file_and_hf_dir_is_refused(tmp_path):

@@ -130,11 +130,11 @@ def tower_probes(config: ml_collections.ConfigDict, paths: dict, towers: dict, b
         entries = [e for split in splits for e in {e["image_id"]: e for e in load_json(paths[f"caption_{split}"])}.values()]
         out = {name: [] for name in patch_tokens}
         for start in range(0, len(entries), batch_size):
-            views = [transform(image, None) for image in _images(entries[start:start + batch_size], paths["root"])]
+            views = [transform(image, None) for image in load_images(entries[start:start + batch_size], paths["root"])]
             pixels = {k: np.stack([v[k] for v in views]) for k in views[0]}
             for name, fn in patch_tokens.items():
                 out[name].append(probes.cell_features(np.asarray(fn(pixels))))
-        return {k: np.concatenate(v) for k, v in out.items()}, _scenes(paths, [e["image_id"] for e in entries])
+        return {k: np.concatenate(v) for k, v in out.items()}, scenes_of(paths, [e["image_id"] for e in entries])
 
     (train, train_scenes), (held_out, held_out_scenes) = features(["train"]), features(EVAL_SPLITS)
     return {name: probes.probe_all(train[name], train_scenes, held_out[name], held_out_scenes) for name in train}
@@ -260,7 +260,8 @@ def _batches(entries: list, size: int):
         yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
 
 
-def _images(entries: Sequence[dict], root: str) -> list:
+def load_images(entries: Sequence[dict], root: str) -> list:
+    """The RGB images of annotation entries ({"image": path relative to root})."""
     return [Image.open(os.path.join(root, e["image"])).convert("RGB") for e in entries]
 
 
@@ -271,7 +272,7 @@ def predict_vqa(captioner: Captioner, questions: list[dict], image_root: str, ba
                                      for e in questions)
     predictions = []
     for batch, real in _batches(questions, batch_size):
-        answers = captioner.vqa(_images(batch, image_root), [e["question"] for e in batch])
+        answers = captioner.vqa(load_images(batch, image_root), [e["question"] for e in batch])
         predictions += [{"question_id": e["question_id"], "answer": a} for e, a in zip(batch[:real], answers)]
     return predictions
 
@@ -281,7 +282,7 @@ def predict_captions(captioner: Captioner, images: list[dict], image_root: str, 
     predictions = []
     captioner.prompt_width = 0
     for batch, real in _batches(images, batch_size):
-        texts = captioner.answer(_images(batch, image_root), [CAPTION_PROMPT] * len(batch))
+        texts = captioner.answer(load_images(batch, image_root), [CAPTION_PROMPT] * len(batch))
         predictions += [{"image_id": int(e["image_id"]), "caption": t} for e, t in zip(batch[:real], texts)]
     return predictions
 
@@ -331,7 +332,8 @@ def blind_baselines(paths: dict, out_dir: str, split: str = "val") -> dict[str, 
     return results
 
 
-def _scenes(paths: dict, image_ids) -> list:
+def scenes_of(paths: dict, image_ids) -> list:
+    """The synthetic scenes behind a written dataset's images (what generated text is checked against)."""
     seed = load_json(paths["info"])["seed"]
     return [synthetic.scene_of(seed, int(i)) for i in image_ids]
 
@@ -339,7 +341,7 @@ def _scenes(paths: dict, image_ids) -> list:
 def caption_attributes(paths: dict, predictions: list[dict]) -> dict[str, float]:
     """`eval.attributes` scores of generated captions ({"image_id", "caption"}) against their scenes."""
     return attributes.attribute_scores([p["caption"] for p in predictions],
-                                       _scenes(paths, [p["image_id"] for p in predictions]))
+                                       scenes_of(paths, [p["image_id"] for p in predictions]))
 
 
 def blind_caption(paths: dict, candidates: int = 200, scenes: int = 512) -> str:
@@ -350,7 +352,7 @@ def blind_caption(paths: dict, candidates: int = 200, scenes: int = 512) -> str:
     counts = collections.Counter(clean_caption(e["caption"]) for e in entries)
     pool = [caption for caption, _ in counts.most_common(candidates)]
     ids = list(dict.fromkeys(e["image_id"] for e in entries))[:scenes]
-    return attributes.best_constant_caption(pool, _scenes(paths, ids))
+    return attributes.best_constant_caption(pool, scenes_of(paths, ids))
 
 
 def llm_reads_captions(stage2_base: ml_collections.ConfigDict, parts: "Parts", split: str = "val",
