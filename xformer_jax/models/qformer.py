@@ -42,7 +42,10 @@ from xformer_jax.models import layers
 
 MASK_VALUE = -10000.0  # LAVIS `get_extended_attention_mask`: (1 - m) * -10000
 TEMP_INIT = 0.07
-TEMP_RANGE = (0.001, 0.5)  # LAVIS clamps temp in place to this range before every forward
+# BLIP / ALBEF (LAVIS blip_pretrain, albef_pretrain) clamp temp in place to this range before every
+# forward; LAVIS's BLIP-2 Q-Former does not. Kept here: it stops a runaway temp (-> 0 or negative)
+# from blowing up the ITC logits, and inside the range it changes nothing.
+TEMP_RANGE = (0.001, 0.5)
 
 KVCache = Sequence[tuple[jax.Array, jax.Array]]  # per layer (keys, values), each (batch, len, heads, head_dim)
 # fuse(layer_index, query_hidden, carry) -> (query_hidden, carry): run on the query positions after every
@@ -507,9 +510,9 @@ class QFormer(nn.Module):
         return self.itm_head(queries).astype(jnp.float32).mean(axis=1)
 
     def temperature(self):
-        """temp clipped to LAVIS's [0.001, 0.5]. LAVIS clamps the parameter itself in place before each
-        forward, so its gradient never vanishes at the bounds; to match that exactly, clip the `temp`
-        param after each optimizer update instead (this clip then is a no-op)."""
+        """temp clipped to BLIP's [0.001, 0.5] (TEMP_RANGE). BLIP clamps the parameter itself in place
+        before each forward, so its gradient never vanishes at the bounds; the train step does the same
+        after each update (`clamp_temperature`), so this clip is a no-op there."""
         return jnp.clip(self.temp, *TEMP_RANGE)
 
     # -- HF-compatible / init entry point -------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 `make_stage1_loss` builds loss(params, frozen, batch, rng) -> (total, metrics); `make_train_step`
 turns any such loss into step(state, batch) -> (state, metrics), with gradient accumulation,
-the optimizer update and LAVIS's in-place clamp of the ITC temperature.
+the optimizer update and BLIP's in-place clamp of the ITC temperature (see `clamp_temperature`).
 """
 from typing import Callable
 
@@ -51,7 +51,10 @@ def make_stage1_loss(model: xformer.Stage1Model, loss_config: ml_collections.Con
 
 
 def clamp_temperature(params: dict) -> dict:
-    """LAVIS clamps temp in place to [0.001, 0.5] before each forward."""
+    """temp clamped to [0.001, 0.5] after each update, as BLIP / ALBEF clamp it in place before each
+    forward. LAVIS's BLIP-2 Q-Former does not clamp (its temp is free); the clamp is kept because it only
+    acts when temp leaves a range where ITC is still well conditioned. Weight decay skips temp as in
+    LAVIS's BLIP-2 (`get_optimizer_params` exempts every param with ndim < 2)."""
     if "qformer" not in params or "temp" not in params["qformer"]:
         return params
     qformer = dict(params["qformer"], temp=jnp.clip(params["qformer"]["temp"], *qformer_lib.TEMP_RANGE))
