@@ -12,27 +12,38 @@ Variants (ARG after the colon):
   stage1_early_xattn     an extra MAE cross-attention after every image cross-attention layer
   stage1_xformer_norec   X-Former without the reconstruction loss (config.loss.weights.rec = 0)
   stage1_per_xattn_layer X-Former with one dual block per image cross-attention layer (placement ablation)
-Stage 2 (frozen OPT-2.7B / 6.7B, LM loss only) is being built; its configs will be added here as
-`stage2` / `stage2_opt6.7b` once the Stage2Model lands.
-"""
-import math
+  stage2_opt2.7b         stage 2 with a frozen OPT-2.7B (LM loss only); stage2_opt6.7b with OPT-6.7B
 
+Run length: every variant sets `dataset_size` (image-text pairs) and `epochs` (stage 1: 9, stage 2: 1,
+as the paper) and derives total_steps = ceil(epochs * dataset_size / batch_size) from them, so
+`--config.batch_size=...` keeps the number of epochs and the cosine schedule stretches to match;
+`--config.total_steps=N` still overrides it.
+"""
 import ml_collections
 
 from configs import common
 
 NUM_PAIRS = 14_000_000  # COCO + VG + CC3M + CC12M + SBU (REFERENCE.md §1)
-EPOCHS = 9
+STAGE1_EPOCHS, STAGE2_EPOCHS = 9, 1  # the paper's stage 1 and stage 2
 BATCH_SIZE = 1680  # BLIP-2's stage-1 global batch for ViT-g; must divide by data * fsdp (see launch/plan.py)
 
 VARIANTS = ("stage1", "stage1_blip2", "stage1_concat", "stage1_early_xattn", "stage1_xformer_norec",
             "stage1_per_xattn_layer", "stage2_opt2.7b", "stage2_opt6.7b")
 
 
+def set_run_length(config: ml_collections.ConfigDict, dataset_size: int, epochs: int) -> None:
+    """total_steps = ceil(epochs * dataset_size / batch_size), as a reference to the three config values,
+    so that overriding any of them from the command line moves total_steps with it."""
+    config.dataset_size = dataset_size
+    config.epochs = epochs
+    batch = config.get_ref("batch_size")
+    config.total_steps = (config.get_ref("epochs") * config.get_ref("dataset_size") + batch - 1) // batch
+
+
 def _stage1() -> ml_collections.ConfigDict:
     config = common.base_config()
     config.batch_size = BATCH_SIZE
-    config.total_steps = math.ceil(EPOCHS * NUM_PAIRS / BATCH_SIZE)  # 75000
+    set_run_length(config, NUM_PAIRS, STAGE1_EPOCHS)  # 75000 steps at batch 1680
     config.log_every = 100
     config.checkpoint_every = 2000
     config.eval_every = 0
@@ -85,11 +96,12 @@ OPT_SIZES = {"opt2.7b": dict(hidden_size=2560, num_hidden_layers=32, ffn_dim=102
 
 
 def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections.ConfigDict:
-    """BLIP-2's stage 2: frozen OPT in bfloat16, global batch 1920, lr 1e-4 with 2000 warmup steps,
-    MAE unmasked and no reconstruction; start from the stage-1 run (`init_from`)."""
+    """BLIP-2's stage 2: frozen OPT in bfloat16, global batch 1920, one epoch (7292 steps), lr 1e-4 with
+    2000 warmup steps, MAE unmasked and no reconstruction; start from the stage-1 run (`init_from`)."""
     config.stage = "stage2"
     config.init_from = ""  # the stage-1 workdir
     config.batch_size = 1920
+    config.epochs = STAGE2_EPOCHS
     config.model.llm = ml_collections.ConfigDict(dict(
         kind="opt", hf_dir="", params_file="", remat=False,  # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
         vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2, eos_token_id=2, **opt_size))
