@@ -29,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.qformer = ml_collections.ConfigDict(dict(bert_dir=""))
     c.model.fusion = ml_collections.ConfigDict()
     c.model.stage2_reconstruction_weight = 0.0  # stage 2: reconstruction off unless > 0
+    # MAE mask ratios after stage 1 (stage 1 uses model.fusion.mask_ratio): the paper's MAE sees the whole
+    # image at stage 2 and inference. stage2_reconstruction_weight > 0 needs stage2_mask_ratio > 0.
+    c.model.stage2_mask_ratio = 0.0
+    c.model.inference_mask_ratio = 0.0  # retrieval, stage-2 prompts, generation, exports
 
     c.loss = ml_collections.ConfigDict()
     c.loss.weights = ml_collections.ConfigDict(dict(itc=1.0, itm=1.0, itg=1.0, rec=1.0))

@@ -37,6 +37,9 @@ class Stage1Config:
     # on one device, but on a data-sharded mesh it all-gathers every layer's keys / values (paper stage 1,
     # 32 chips: 42 GiB per device with it, 23.6 without, when measured), so off by default.
     itm_shared_image_kv: bool = False
+    # MAE masking where no loss needs it (retrieval, stage-2 prompts, generation): 0 by default, as the
+    # paper's MAE sees the whole image once stage 1 is over (REFERENCE.md §1).
+    inference_mask_ratio: float = 0.0
 
     @property
     def frozen_collections(self) -> tuple:
@@ -46,6 +49,8 @@ class Stage1Config:
     def __post_init__(self):
         if self.fusion.uses_mae and self.mae is None:
             raise ValueError(f"fusion.kind={self.fusion.kind!r} needs an MAE tower (config.model.mae)")
+        if not 0.0 <= self.inference_mask_ratio < 1.0:
+            raise ValueError(f"config.model.inference_mask_ratio={self.inference_mask_ratio} must be in [0, 1)")
         if self.qformer.encoder_width != self.vision.hidden_size:
             raise ValueError(f"qformer.encoder_width {self.qformer.encoder_width} != vision.hidden_size "
                              f"{self.vision.hidden_size}")
@@ -191,8 +196,8 @@ class Stage1Model(nn.Module):
         return pred, images["mae_mask"]
 
     def retrieval_embeddings(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None):
-        """(image_embeds (B, Q, D), text_embeds (B, D)) for ITC retrieval; MAE unmasked."""
-        images = self.encode_images(pixel_values, mae_pixel_values, mask_ratio=0.0)
+        """(image_embeds (B, Q, D), text_embeds (B, D)) for ITC retrieval, MAE at the inference ratio."""
+        images = self.encode_images(pixel_values, mae_pixel_values, mask_ratio=self.config.inference_mask_ratio)
         queries, _, _ = self.query_states(images)
         return self.qformer.image_embeddings(queries), self.text_embeddings(input_ids, attention_mask)
 
@@ -200,9 +205,10 @@ class Stage1Model(nn.Module):
         """ITC text embeddings (B, D): the text pass up to the [CLS] it reads, text_proj, L2 norm."""
         return self.qformer.text_embeddings(self.qformer.encode_text(input_ids, attention_mask, positions=1))
 
-    def features(self, pixel_values, mae_pixel_values=None, mask_rng=None, mask_ratio: Optional[float] = 0.0):
-        """Z' for stage 2 / inference (MAE unmasked by default, as the paper's stage 2)."""
-        images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, mask_ratio)
+    def features(self, pixel_values, mae_pixel_values=None, mask_rng=None, mask_ratio: Optional[float] = None):
+        """Z' for inference, MAE at `mask_ratio` (default: config.inference_mask_ratio, 0 unless set)."""
+        ratio = self.config.inference_mask_ratio if mask_ratio is None else mask_ratio
+        images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, ratio)
         return self.query_states(images)[0]
 
 

@@ -66,6 +66,7 @@ def stage1_config(model: ml_collections.ConfigDict, cls=xformer.Stage1Config, **
         fusion=fusion_cfg,
         mae=_fields(mae.MAEConfig, model.mae, "config.model.mae", dtype=dtype) if fusion_cfg.uses_mae else None,
         itm_shared_image_kv=bool(model.get("itm_shared_image_kv", False)),
+        inference_mask_ratio=float(model.get("inference_mask_ratio", 0.0)),
         **extra,
     )
 
@@ -78,7 +79,8 @@ def stage2_config(model: ml_collections.ConfigDict) -> stage2.Stage2Config:
     llm_config = _fields(LLM_KINDS[kind], ml_collections.ConfigDict(llm), "config.model.llm",
                          dtype=dtype_of(model.dtype, "config.model.dtype"))
     return stage1_config(model, stage2.Stage2Config, llm=llm_config,
-                         reconstruction_weight=float(model.get("stage2_reconstruction_weight", 0.0)))
+                         reconstruction_weight=float(model.get("stage2_reconstruction_weight", 0.0)),
+                         mask_ratio=float(model.get("stage2_mask_ratio", 0.0)))
 
 
 def model_config(config: ml_collections.ConfigDict) -> xformer.Stage1Config:
