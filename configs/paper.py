@@ -58,22 +58,24 @@ def _stage1() -> ml_collections.ConfigDict:
         hf_dir="",  # e.g. /ckpt/blip2-opt-2.7b (save_pretrained dir of Salesforce/blip2-opt-2.7b)
         kind="eva", hidden_size=1408, num_hidden_layers=39, num_attention_heads=16, intermediate_size=6144,
         image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, feature_layer=-1, remat=False)
-    # MAE ViT-H/14 with its decoder. Weights: facebook/vit-mae-huge (ViTMAEForPreTraining). That is
-    # the full-pretrain checkpoint, trained with norm_pix_loss, so the reconstruction target is
-    # normalised per patch (a *_visualize_* checkpoint would need norm_pix_loss=False).
-    # layer_norm_eps 1e-12 is what HF's converted ViT-MAE configs carry.
+    # MAE ViT-H/14 with its decoder. Weights: facebook/vit-mae-huge (ViTMAEForPreTraining), converted from
+    # MAE's *_visualize_* weights (trained on raw pixels; its config.json says norm_pix_loss false).
+    # norm_pix_loss is left unset, so the reconstruction target follows the checkpoint's config.json;
+    # set it only for weights whose config.json is wrong (e.g. MAE's full pretraining weights, which
+    # predict per-patch normalised pixels, converted by hand). layer_norm_eps 1e-12 is what HF's
+    # converted ViT-MAE configs carry.
     config.model.mae.update(
         hf_dir="",  # e.g. /ckpt/vit-mae-huge (save_pretrained dir of facebook/vit-mae-huge)
         hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120,
         decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
-        decoder_intermediate_size=2048, image_size=224, patch_size=14, layer_norm_eps=1e-12,
-        norm_pix_loss=True, remat=False)
-    # Q-Former = BERT-base with [DEC] (vocab 30523), 32 queries, cross-attention every 2nd layer.
+        decoder_intermediate_size=2048, image_size=224, patch_size=14, layer_norm_eps=1e-12, remat=False)
+    # Q-Former = BERT-base with [DEC] (vocab 30523), 32 queries, cross-attention every 2nd layer, BERT's
+    # dropout 0.1 on attention probabilities and hidden states (LAVIS trains it so in both stages).
     config.model.qformer.update(
         bert_dir="",  # e.g. /ckpt/bert-base-uncased (save_pretrained dir of bert-base-uncased)
         vocab_size=30523, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
         max_position_embeddings=512, dec_token_id=30522, cross_attention_freq=2, encoder_width=1408,
-        num_query_tokens=32, embed_dim=256, remat=False)
+        num_query_tokens=32, embed_dim=256, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, remat=False)
     config.model.fusion.update(kind="xformer", placement="after_qformer", mask_ratio=0.5, query_heads=12,
                                mae_heads=16, intermediate_size=3072)
 
