@@ -25,6 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype ("bfloat16" on TPU / GPU)
     c.model.frozen_dtype = "float32"  # storage dtype of the frozen towers
     c.model.itm_shared_image_kv = False  # True: ITM projects image keys / values once (one device only)
+    # What ITG's text decoder attends to: "image_pass" (LAVIS: the image pass's per-layer query keys /
+    # values, before the xformer fusion) or "fused" (Z' as the query prefix; xformer after_qformer only).
+    c.model.itg_context = "image_pass"
     c.model.vision = ml_collections.ConfigDict(dict(hf_dir="", params_file=""))
     # Unset (None) values below follow the checkpoint the part is loaded from (hf_dir / bert_dir), or the
     # model's default without one; setting them overrides the checkpoint (xformer_jax/train/build.py).

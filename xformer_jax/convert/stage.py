@@ -75,6 +75,7 @@ def model_section(config: xformer.Stage1Config, dtype: str = "float32") -> dict:
         out["stage2_reconstruction_weight"] = config.reconstruction_weight
         out["stage2_mask_ratio"] = config.mask_ratio
     out["inference_mask_ratio"] = config.inference_mask_ratio
+    out["itg_context"] = config.itg_context
     return out
 
 

@@ -113,6 +113,7 @@ def stage1_config(model: ml_collections.ConfigDict, cls=xformer.Stage1Config, **
         mae=_checkpointed_fields(mae.MAEConfig, model, "mae", dtype) if fusion_cfg.uses_mae else None,
         itm_shared_image_kv=bool(model.get("itm_shared_image_kv", False)),
         inference_mask_ratio=float(model.get("inference_mask_ratio", 0.0)),
+        itg_context=model.get("itg_context", "image_pass"),
         **extra,
     )
 
