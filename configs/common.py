@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
     # model's default without one; setting them overrides the checkpoint (xformer_jax/train/build.py).
     # MAE's reconstruction target: the *_visualize_* weights that transformers ships were trained on raw
     # pixels (config.json norm_pix_loss false), MAE's full pretraining weights on per-patch normalised ones.
-    c.model.mae = ml_collections.ConfigDict(dict(hf_dir="", params_file="", norm_pix_loss=config_dict.placeholder(bool)))
+    c.model.mae = ml_collections.ConfigDict(dict(hf_dir="", params_file="",
+                                                 norm_pix_loss=config_dict.placeholder(bool)))
     # The Q-Former's BERT dropout (transformers' names; bert-base-uncased and LAVIS: 0.1; without a checkpoint 0).
     c.model.qformer = ml_collections.ConfigDict(dict(
         bert_dir="", hidden_dropout_prob=config_dict.placeholder(float),

@@ -106,7 +106,8 @@ def qformer_hf(q: qformer.QFormerConfig, text_input: bool) -> dict:
             "layer_norm_eps": q.layer_norm_eps, "max_position_embeddings": q.max_position_embeddings,
             "pad_token_id": q.pad_token_id, "cross_attention_frequency": q.cross_attention_freq,
             "encoder_hidden_size": q.encoder_width, "use_qformer_text_input": text_input and q.text_ffn,
-            "hidden_dropout_prob": q.hidden_dropout_prob, "attention_probs_dropout_prob": q.attention_probs_dropout_prob}
+            "hidden_dropout_prob": q.hidden_dropout_prob,
+            "attention_probs_dropout_prob": q.attention_probs_dropout_prob}
 
 
 def llm_hf(c, vocab_size: Optional[int] = None) -> dict:

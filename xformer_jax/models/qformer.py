@@ -160,7 +160,8 @@ class Output(nn.Module):
 
     @nn.compact
     def __call__(self, x, residual):
-        h = layers.dropout(self, self.dropout, layers.dense(self.width, (self.in_axis, "embed"), "dense", self.dtype)(x))
+        h = layers.dense(self.width, (self.in_axis, "embed"), "dense", self.dtype)(x)
+        h = layers.dropout(self, self.dropout, h)
         return layers.layer_norm(self.eps, "layernorm")(
             h.astype(jnp.float32) + residual.astype(jnp.float32)).astype(self.dtype)
 
