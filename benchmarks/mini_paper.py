@@ -32,7 +32,9 @@ VARIANTS = {
     "early_xattn": ("early_xattn", 1.0),
     "xformer": ("xformer", 1.0),
     "xformer_norec": ("xformer", 0.0),
+    "xformer_itg_fused": ("xformer", 1.0),  # ITG's decoder attends to Z' (config.model.itg_context)
 }
+FUSED_ITG = ("xformer_itg_fused",)
 QUESTION_TYPES = ("count", "color", "position", "exists")
 SPLIT = "test"  # reported; nothing here is chosen on it
 COMPARISONS = (("xformer", "blip2"), ("xformer", "xformer_norec"))
@@ -46,6 +48,7 @@ def variant_config(base, name: str, seed: int, batch_size: int = 0):
     kind, rec_weight = VARIANTS[name]
     config.model.fusion.kind = kind
     config.loss.weights.rec = rec_weight
+    config.model.itg_context = "fused" if name in FUSED_ITG else config.model.itg_context
     config.seed = seed
     config.batch_size = batch_size or config.batch_size
     return config

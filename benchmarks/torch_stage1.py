@@ -246,7 +246,7 @@ class TorchStage1(nn.Module):
             encoded = self.mae.vit(mae_pixel_values)  # masks with fresh torch.rand noise
             mae_states = encoded.last_hidden_state
         with torch.no_grad():
-            self.temp.clamp_(*TEMP_RANGE)  # LAVIS's in-place clamp
+            self.temp.clamp_(*TEMP_RANGE)  # BLIP's in-place clamp, as the JAX step
         memory = self.ln_vision(clip)
         z, cache = self.image_pass(memory)
         z, mae_out = self.dual(z, mae_states)

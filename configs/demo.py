@@ -41,6 +41,8 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
                                 num_attention_heads=12, intermediate_size=1536, max_position_embeddings=512,
                                 dec_token_id=30522, cross_attention_freq=2, encoder_width=192, num_query_tokens=8,
                                 embed_dim=128)
+    # No dropout in the demo's short runs (MiniLM's config.json would give 0.1; the paper configs set it).
+    config.model.qformer.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     config.model.fusion.update(kind="xformer", placement="after_qformer", mask_ratio=0.5, query_heads=12,
                                mae_heads=6, intermediate_size=768)
 

@@ -12,27 +12,38 @@ Variants (ARG after the colon):
   stage1_early_xattn     an extra MAE cross-attention after every image cross-attention layer
   stage1_xformer_norec   X-Former without the reconstruction loss (config.loss.weights.rec = 0)
   stage1_per_xattn_layer X-Former with one dual block per image cross-attention layer (placement ablation)
-Stage 2 (frozen OPT-2.7B / 6.7B, LM loss only) is being built; its configs will be added here as
-`stage2` / `stage2_opt6.7b` once the Stage2Model lands.
-"""
-import math
+  stage2_opt2.7b         stage 2 with a frozen OPT-2.7B (LM loss only); stage2_opt6.7b with OPT-6.7B
 
+Run length: every variant sets `dataset_size` (image-text pairs) and `epochs` (stage 1: 9, stage 2: 1,
+as the paper) and derives total_steps = ceil(epochs * dataset_size / batch_size) from them, so
+`--config.batch_size=...` keeps the number of epochs and the cosine schedule stretches to match;
+`--config.total_steps=N` still overrides it.
+"""
 import ml_collections
 
 from configs import common
 
 NUM_PAIRS = 14_000_000  # COCO + VG + CC3M + CC12M + SBU (REFERENCE.md §1)
-EPOCHS = 9
+STAGE1_EPOCHS, STAGE2_EPOCHS = 9, 1  # the paper's stage 1 and stage 2
 BATCH_SIZE = 1680  # BLIP-2's stage-1 global batch for ViT-g; must divide by data * fsdp (see launch/plan.py)
 
 VARIANTS = ("stage1", "stage1_blip2", "stage1_concat", "stage1_early_xattn", "stage1_xformer_norec",
             "stage1_per_xattn_layer", "stage2_opt2.7b", "stage2_opt6.7b")
 
 
+def set_run_length(config: ml_collections.ConfigDict, dataset_size: int, epochs: int) -> None:
+    """total_steps = ceil(epochs * dataset_size / batch_size), as a reference to the three config values,
+    so that overriding any of them from the command line moves total_steps with it."""
+    config.dataset_size = dataset_size
+    config.epochs = epochs
+    batch = config.get_ref("batch_size")
+    config.total_steps = (config.get_ref("epochs") * config.get_ref("dataset_size") + batch - 1) // batch
+
+
 def _stage1() -> ml_collections.ConfigDict:
     config = common.base_config()
     config.batch_size = BATCH_SIZE
-    config.total_steps = math.ceil(EPOCHS * NUM_PAIRS / BATCH_SIZE)  # 75000
+    set_run_length(config, NUM_PAIRS, STAGE1_EPOCHS)  # 75000 steps at batch 1680
     config.log_every = 100
     config.checkpoint_every = 2000
     config.eval_every = 0
@@ -47,22 +58,24 @@ def _stage1() -> ml_collections.ConfigDict:
         hf_dir="",  # e.g. /ckpt/blip2-opt-2.7b (save_pretrained dir of Salesforce/blip2-opt-2.7b)
         kind="eva", hidden_size=1408, num_hidden_layers=39, num_attention_heads=16, intermediate_size=6144,
         image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, feature_layer=-1, remat=False)
-    # MAE ViT-H/14 with its decoder. Weights: facebook/vit-mae-huge (ViTMAEForPreTraining). That is
-    # the full-pretrain checkpoint, trained with norm_pix_loss, so the reconstruction target is
-    # normalised per patch (a *_visualize_* checkpoint would need norm_pix_loss=False).
-    # layer_norm_eps 1e-12 is what HF's converted ViT-MAE configs carry.
+    # MAE ViT-H/14 with its decoder. Weights: facebook/vit-mae-huge (ViTMAEForPreTraining), converted from
+    # MAE's *_visualize_* weights (trained on raw pixels; its config.json says norm_pix_loss false).
+    # norm_pix_loss is left unset, so the reconstruction target follows the checkpoint's config.json;
+    # set it only for weights whose config.json is wrong (e.g. MAE's full pretraining weights, which
+    # predict per-patch normalised pixels, converted by hand). layer_norm_eps 1e-12 is what HF's
+    # converted ViT-MAE configs carry.
     config.model.mae.update(
         hf_dir="",  # e.g. /ckpt/vit-mae-huge (save_pretrained dir of facebook/vit-mae-huge)
         hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120,
         decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
-        decoder_intermediate_size=2048, image_size=224, patch_size=14, layer_norm_eps=1e-12,
-        norm_pix_loss=True, remat=False)
-    # Q-Former = BERT-base with [DEC] (vocab 30523), 32 queries, cross-attention every 2nd layer.
+        decoder_intermediate_size=2048, image_size=224, patch_size=14, layer_norm_eps=1e-12, remat=False)
+    # Q-Former = BERT-base with [DEC] (vocab 30523), 32 queries, cross-attention every 2nd layer, BERT's
+    # dropout 0.1 on attention probabilities and hidden states (LAVIS trains it so in both stages).
     config.model.qformer.update(
         bert_dir="",  # e.g. /ckpt/bert-base-uncased (save_pretrained dir of bert-base-uncased)
         vocab_size=30523, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
         max_position_embeddings=512, dec_token_id=30522, cross_attention_freq=2, encoder_width=1408,
-        num_query_tokens=32, embed_dim=256, remat=False)
+        num_query_tokens=32, embed_dim=256, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, remat=False)
     config.model.fusion.update(kind="xformer", placement="after_qformer", mask_ratio=0.5, query_heads=12,
                                mae_heads=16, intermediate_size=3072)
 
@@ -85,11 +98,12 @@ OPT_SIZES = {"opt2.7b": dict(hidden_size=2560, num_hidden_layers=32, ffn_dim=102
 
 
 def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections.ConfigDict:
-    """BLIP-2's stage 2: frozen OPT in bfloat16, global batch 1920, lr 1e-4 with 2000 warmup steps,
-    MAE unmasked and no reconstruction; start from the stage-1 run (`init_from`)."""
+    """BLIP-2's stage 2: frozen OPT in bfloat16, global batch 1920, one epoch (7292 steps), lr 1e-4 with
+    2000 warmup steps, MAE unmasked and no reconstruction; start from the stage-1 run (`init_from`)."""
     config.stage = "stage2"
     config.init_from = ""  # the stage-1 workdir
     config.batch_size = 1920
+    config.epochs = STAGE2_EPOCHS
     config.model.llm = ml_collections.ConfigDict(dict(
         kind="opt", hf_dir="", params_file="", remat=False,  # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
         vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2, eos_token_id=2, **opt_size))

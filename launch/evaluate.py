@@ -15,9 +15,13 @@
 
 Every run mode writes DIR/scores.json and prints the scores as one JSON object (accuracy / CIDEr /
 recall in percent). The question modes (vqa, gqa, count) run a stage-2 run with BLIP-2's zero-shot
-settings (LAVIS's blip2 VQA / GQA eval configs and blip2_opt.predict_answers): the prompt "Question: {}
-Short answer:", beam search with 5 beams, 1 to 10 new tokens, length penalty 0; they and `caption`
-write DIR/predictions.json in the task's official result format. Inputs:
+settings (LAVIS's blip2 VQA / GQA eval configs and blip2_opt.predict_answers): questions cleaned as
+LAVIS's question processor does (lowercase, its punctuation dropped; --no-clean_questions keeps them
+as written), the prompt "Question: {} Short answer:", beam search with 5 beams, 1 to 10 new tokens,
+length penalty 0. `caption` uses LAVIS's COCO caption eval settings: beam 5, 8 to 30 new tokens, the
+"a photo of" prompt. OK-VQA (`vqa --task=okvqa`) lemmatises the predicted answers before scoring, as
+BLIP-2 does (xformer_jax/eval/lemmatize.py). They write DIR/predictions.json in the task's official
+result format. Inputs:
   vqa        LAVIS questions [{"question_id", "question", "image"}] + VQAv2 annotations (--annotations)
   gqa        GQA's questions JSON {question_id: {"imageId", "question", "answer", "types"}}; the image of
              a question is --image_root / --image_pattern with {} replaced by its imageId
@@ -90,6 +94,9 @@ def _answers(args, questions: list[str], image_paths: list[str]) -> list[str]:
     from xformer_jax.inference import Captioner
     captioner = Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                                        min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty)
+    if args.clean_questions:
+        from xformer_jax.data.transforms import clean_question
+        questions = [clean_question(q) for q in questions]
     answers = []
     for batch in _batches(list(zip(questions, image_paths)), args.batch_size):
         answers += captioner.vqa(_images([p for _, p in batch]), [q for q, _ in batch], args.prompt)
@@ -210,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
             continue
         cmd.add_argument("--num_beams", type=int, default=5)
         cmd.add_argument("--max_new_tokens", type=int, default=30 if name == "caption" else 10)
-        cmd.add_argument("--min_new_tokens", type=int, default=1)
+        cmd.add_argument("--min_new_tokens", type=int, default=8 if name == "caption" else 1)  # LAVIS min_len
         cmd.add_argument("--length_penalty", type=float, default=1.0 if name == "caption" else 0.0)
         if name == "caption":
             cmd.add_argument("--images", required=True, help="LAVIS-format caption file (image, image_id)")
@@ -218,6 +225,8 @@ def _parser() -> argparse.ArgumentParser:
             continue
         cmd.add_argument("--questions", required=True, help="the questions file (see above)")
         cmd.add_argument("--prompt", default="Question: {} Short answer:")
+        cmd.add_argument("--clean_questions", action=argparse.BooleanOptionalAction, default=True,
+                         help="LAVIS's question cleaning (BlipQuestionProcessor) before the prompt")
         cmd.add_argument("--limit", type=int, default=0, help="evaluate the first N questions only")
         if name == "vqa":
             cmd.add_argument("--annotations", required=True, help="official VQAv2 / OK-VQA annotations")

@@ -374,3 +374,28 @@ def test_shard_patterns_expand_ranges_lists_and_globs(shards):
         str(root / "00001.tar"), str(root / "00003.tar"), str(root / "00004.tar")]
     assert expand_pattern("s/{8..10}/{a,b}.tar") == ["s/8/a.tar", "s/8/b.tar", "s/9/a.tar", "s/9/b.tar",
                                                      "s/10/a.tar", "s/10/b.tar"]
+
+
+def test_image_ids_are_namespaced_per_source_so_equal_numbers_from_two_sources_differ(tmp_path):
+    """COCO image 7 and Visual Genome image 7 once got the same id: ITC positives of each other."""
+    for name in ("coco", "vg"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "7.jpg").write_bytes(encoded_image(1))
+    (tmp_path / "coco.json").write_text(json.dumps([{"image": "coco/7.jpg", "caption": "a", "image_id": 7},
+                                                    {"image": "coco/7.jpg", "caption": "b", "image_id": 7}]))
+    (tmp_path / "vg.json").write_text(json.dumps([{"image": "vg/7.jpg", "caption": "c", "image_id": 7}]))
+    files = [str(tmp_path / "coco.json"), str(tmp_path / "vg.json")]
+    joined = open_source(make_config(kind="json", path="::".join(files), image_root=str(tmp_path)).data, True, 0, 1)
+    ids = [joined[i].image_id for i in range(3)]
+    assert ids[0] == ids[1] != ids[2]  # one image keeps one id; the other source's 7 is another image
+    single = open_source(make_config(kind="json", path=files[0], image_root=str(tmp_path)).data, True, 0, 1)
+    assert single[0].image_id == 7  # one source keeps its ids
+
+    for name in ("cc3m", "cc12m"):
+        with tarfile.open(tmp_path / f"{name}.tar", "w") as tar:
+            add_member(tar, "000000007.jpg", encoded_image(2))
+            add_member(tar, "000000007.txt", b"a caption")
+    pattern = f"{tmp_path}/cc3m.tar::{tmp_path}/cc12m.tar"
+    shards = open_source(make_config(kind="webdataset", path=pattern).data, True, 0, 1)
+    assert len(shards) == 2 and shards[0].image_id != shards[1].image_id
+    assert expand_pattern(pattern) == [f"{tmp_path}/cc3m.tar", f"{tmp_path}/cc12m.tar"]

@@ -62,7 +62,7 @@ def test_llm_text_is_bos_text_newline_padded_right_with_prompt_and_padding_ignor
     ours = LLMTokenizer(llm_tokenizer_file, max_len=12, prompt=prompt)
     assert (ours.bos_id, ours.pad_id) == (2, 1)
     assert ours.eos_id == reference.encode("\n", add_special_tokens=False)[0]
-    prompt_ids = reference.encode(prompt, add_special_tokens=False)
+    prompt_ids = reference.encode(prompt.rstrip(), add_special_tokens=False)
     assert ours.prompt_length == 1 + len(prompt_ids)  # counts the bos, as LAVIS's prompt_length does
 
     texts = [prompt + "a dog", prompt + "two cats on a mat " * 3]
@@ -80,6 +80,19 @@ def test_llm_text_is_bos_text_newline_padded_right_with_prompt_and_padding_ignor
 
     no_prompt = LLMTokenizer(llm_tokenizer_file, max_len=12)
     assert no_prompt.prompt_length == 1 and no_prompt(["a dog"])["labels"][0, 0] == IGNORE_INDEX  # bos never a target
+
+
+def test_the_first_caption_token_after_a_prompt_with_a_trailing_space_is_a_target(llm_tokenizer_file):
+    """The BPE merges the prompt's trailing space into the caption's first word (" two"): that token must
+    be a target, not counted as prompt (it was, when the prompt was measured with its space)."""
+    reference = PreTrainedTokenizerFast(tokenizer_file=llm_tokenizer_file)
+    ours = LLMTokenizer(llm_tokenizer_file, max_len=16, prompt="a photo of ")
+    out = ours(["a photo of two cats"])
+    ids = [2] + reference.encode("a photo of two cats\n", add_special_tokens=False)
+    first_caption = next(i for i in range(1, len(ids)) if reference.decode(ids[1:i + 1]).endswith(" two"))
+    assert first_caption == ours.prompt_length == 4  # bos + "a" " photo" " of"
+    assert out["labels"][0, first_caption] == ids[first_caption]
+    assert (out["labels"][0, :first_caption] == IGNORE_INDEX).all()
 
 
 def test_stage2_labels_is_a_pure_function_of_ids_mask_and_prompt_length():

@@ -379,3 +379,66 @@ def test_score_errors(tmp_path, vqa_files):
     untyped = _write(tmp_path / "untyped.json", {"q1": {"answer": "yes"}})
     with pytest.raises(ValueError, match="untyped.json: question 'q1' needs"):
         score("gqa", gqa_predictions, untyped)
+
+
+# ---------------------------------------------------------------- LAVIS evaluation settings
+
+@pytest.mark.parametrize("raw, cleaned", [
+    ("What color is the cat?", "what color is the cat?"),  # "?" is not in LAVIS's set
+    ('Is this a "hot dog"!  ', "is this a hot dog"),  # marks deleted, trailing spaces dropped
+    ("How many (red) circles: 2.5~ ", "how many red circles 25"),
+    ("Why?  Because", "why?  because"),  # inner spacing kept (pre_question only strips the end)
+])
+def test_clean_question_is_lavis_pre_question(raw, cleaned):
+    from xformer_jax.data.transforms import clean_question
+    assert clean_question(raw) == cleaned
+    assert clean_question(" ".join(["w"] * 60)) == " ".join(["w"] * 50)
+
+
+@pytest.mark.parametrize("answer, lemma", [
+    ("dogs", "dog"), ("two dogs", "two dog"), ("berries", "berry"), ("boxes", "box"), ("benches", "bench"),
+    ("tomatoes", "tomato"), ("leaves", "leaf"), ("knives", "knife"), ("children", "child"), ("horses", "horse"),
+    ("glasses", "glass"), ("buses", "bus"), ("is", "be"), ("yes", "yes"), ("tennis", "tennis"),
+    ("bus", "bus"), ("grass", "grass"), ("skiing", "skiing"), ("Giraffes", "giraffe"), ("cat", "cat"),
+])
+def test_okvqa_lemmatiser_hand_worked_cases(answer, lemma):
+    from xformer_jax.eval.lemmatize import lemmatize_answer
+    assert lemmatize_answer(answer) == lemma
+
+
+def test_okvqa_scores_lemmatised_predictions_vqav2_does_not(tmp_path):
+    """OK-VQA's ground truth is lemmatised: "Dogs." must match "dog" there, and only there."""
+    annotations = _write(tmp_path / "a.json", {"annotations": [
+        _vqa_annotation(1, "what are", "other", ["dog"] * 10),
+        _vqa_annotation(2, "what are", "other", ["berry"] * 10)]})
+    predictions = _write(tmp_path / "p.json", [{"question_id": 1, "answer": "Dogs."},
+                                               {"question_id": 2, "answer": "berries"}])
+    assert score("okvqa", predictions, annotations)["accuracy"] == 100.0
+    assert score("vqav2", predictions, annotations)["accuracy"] == 0.0
+
+
+def test_evaluate_modes_default_to_lavis_decoding_and_question_cleaning(monkeypatch, tmp_path):
+    from launch import evaluate
+    common = ["--workdir=w", "--image_root=r", "--out=o"]
+    caption = evaluate._parser().parse_args(["caption", *common, "--images=i", "--annotations=a"])
+    assert (caption.num_beams, caption.min_new_tokens, caption.max_new_tokens) == (5, 8, 30)  # LAVIS COCO caption
+    vqa = evaluate._parser().parse_args(["vqa", *common, "--questions=q", "--annotations=a"])
+    assert (vqa.num_beams, vqa.min_new_tokens, vqa.max_new_tokens, vqa.length_penalty) == (5, 1, 10, 0.0)
+    assert vqa.clean_questions is True
+
+    seen = []
+
+    class Recorder:
+        def vqa(self, images, questions, prompt):
+            seen.extend(questions)
+            return ["x"] * len(questions)
+
+    from xformer_jax import inference
+    monkeypatch.setattr(inference.Captioner, "from_workdir", classmethod(lambda cls, *a, **k: Recorder()))
+    monkeypatch.setattr(evaluate, "_images", lambda paths: paths)
+    evaluate._answers(vqa, ["What is ON the table?", 'Is it "red"!'], ["a.png", "b.png"])
+    assert seen == ["what is on the table?", "is it red"]
+    seen.clear()
+    raw = evaluate._parser().parse_args(["vqa", *common, "--questions=q", "--annotations=a", "--no-clean_questions"])
+    evaluate._answers(raw, ["What is ON the table?"], ["a.png"])
+    assert seen == ["What is ON the table?"]

@@ -24,7 +24,7 @@ from xformer_jax.models import xformer
 
 def _image_side(model: xformer.Stage1Model, pixel_values, mae_pixel_values):
     """Tower features (what ITM reads again) and the ITC query embeddings (B, Q, D)."""
-    images = model.encode_images(pixel_values, mae_pixel_values, mask_ratio=0.0)
+    images = model.encode_images(pixel_values, mae_pixel_values, mask_ratio=model.config.inference_mask_ratio)
     queries, _, _ = model.query_states(images)
     return {"clip": images["clip"], "mae": images.get("mae"), "embeds": model.qformer.image_embeddings(queries)}
 

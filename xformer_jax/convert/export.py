@@ -217,9 +217,9 @@ def export(source: str, out: str, *, export_format: str = "auto", dtype: str = "
             files += _tokenizer_files(config, out, tokenizer, export_format, model_config)
         else:
             notes.append("the run names no LLM tokenizer (config.data.llm_tokenizer_path): none written")
-    if isinstance(model_config, stage2.Stage2Config) and model_config.reconstruction_weight > 0:
-        notes.append(f"stage 2 trained with reconstruction: inference masks the MAE input at ratio "
-                     f"{model_config.fusion.mask_ratio}, keeping the first patches (as the JAX model does)")
+    if model_config.mae is not None and model_config.inference_mask_ratio > 0:
+        notes.append(f"config.model.inference_mask_ratio={model_config.inference_mask_ratio}: inference masks "
+                     "the MAE input at that ratio, keeping the first patches (as the JAX model does)")
     logging.info("exported %s -> %s", source, out)
     return ExportReport(os.path.abspath(out), export_format, hf_config["architectures"][0], step, tuple(files),
                         left_out, tuple(notes))

@@ -73,6 +73,9 @@ def model_section(config: xformer.Stage1Config, dtype: str = "float32") -> dict:
         out["llm"] = {"kind": llm_kind(config.llm), **_fields(config.llm)}
         out["llm"]["eos_token_id"] = _jsonable(out["llm"]["eos_token_id"])
         out["stage2_reconstruction_weight"] = config.reconstruction_weight
+        out["stage2_mask_ratio"] = config.mask_ratio
+    out["inference_mask_ratio"] = config.inference_mask_ratio
+    out["itg_context"] = config.itg_context
     return out
 
 
@@ -102,7 +105,9 @@ def qformer_hf(q: qformer.QFormerConfig, text_input: bool) -> dict:
             "intermediate_size": q.intermediate_size, "hidden_act": q.hidden_act,
             "layer_norm_eps": q.layer_norm_eps, "max_position_embeddings": q.max_position_embeddings,
             "pad_token_id": q.pad_token_id, "cross_attention_frequency": q.cross_attention_freq,
-            "encoder_hidden_size": q.encoder_width, "use_qformer_text_input": text_input and q.text_ffn}
+            "encoder_hidden_size": q.encoder_width, "use_qformer_text_input": text_input and q.text_ffn,
+            "hidden_dropout_prob": q.hidden_dropout_prob,
+            "attention_probs_dropout_prob": q.attention_probs_dropout_prob}
 
 
 def llm_hf(c, vocab_size: Optional[int] = None) -> dict:
@@ -125,17 +130,9 @@ def llm_hf(c, vocab_size: Optional[int] = None) -> dict:
 
 
 def mae_hf(m: mae.MAEConfig, mask_ratio: float) -> dict:
-    """ViTMAEConfig; `mask_ratio` is the ratio inference runs at (0 unless stage 2 reconstructs)."""
+    """ViTMAEConfig; `mask_ratio` is the ratio inference runs at (config.inference_mask_ratio)."""
     return {"model_type": "vit_mae", **{k: v for k, v in _fields(m).items() if k != "mask_ratio"},
             "mask_ratio": mask_ratio, "qkv_bias": True}
-
-
-def inference_mask_ratio(config: xformer.Stage1Config) -> float:
-    """MAE masking of the inference path: stage-1 retrieval runs unmasked; stage 2 masks (keeping the
-    first patches, identity noise) only when it was trained with the reconstruction loss."""
-    if isinstance(config, stage2.Stage2Config) and config.reconstruction_weight > 0:
-        return config.fusion.mask_ratio
-    return 0.0
 
 
 def hf_config(config: xformer.Stage1Config, export_format: str, *, dtype: str = "float32",
@@ -166,8 +163,8 @@ def hf_config(config: xformer.Stage1Config, export_format: str, *, dtype: str = 
             # ln_vision's eps (an EVA tower's ln_vision is its post_layernorm's weights at this eps)
             "vision_layer_norm_eps": q.vision_layer_norm_eps,
             "dec_token_id": q.dec_token_id,
-            "mae_inference_mask_ratio": inference_mask_ratio(config),
+            "mae_inference_mask_ratio": config.inference_mask_ratio,
         }
         if config.mae is not None:
-            out["mae_config"] = mae_hf(config.mae, inference_mask_ratio(config))
+            out["mae_config"] = mae_hf(config.mae, config.inference_mask_ratio)
     return out

@@ -174,6 +174,8 @@ def write_workdir(hf_dir: str, out: str, base_config: Optional[ml_collections.Co
     if stage == "stage2":
         config.model.llm = ml_collections.ConfigDict({**section["llm"], "hf_dir": "", "params_file": ""})
         config.model.stage2_reconstruction_weight = section["stage2_reconstruction_weight"]
+        config.model.stage2_mask_ratio = section["stage2_mask_ratio"]
+    config.model.inference_mask_ratio = section["inference_mask_ratio"]
     config.data.image_size = model_config.vision.image_size
     os.makedirs(out, exist_ok=True)
     notes = [f"{p}: drawn fresh (not in the checkpoint)" for p in load_report.fresh]

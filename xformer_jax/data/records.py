@@ -48,3 +48,11 @@ def numeric_id(*candidates, fallback: int) -> int:
         if match and int(match.group(1)) <= _INT32_MAX:
             return int(match.group(1))
     return fallback
+
+
+def namespaced_id(image_id: int, source: int, num_sources: int) -> int:
+    """An image id unique across the `num_sources` sources a path joins with "::" (COCO's image 391895 and
+    Visual Genome's image 391895 are different images; with use_image_ids, equal ids make ITC positives).
+    image_id * num_sources + source, wrapped into int32 (the batch dtype): one source keeps its ids, and
+    ids stay distinct while image_id < 2**31 / num_sources (COCO, VG and img2dataset keys are far below)."""
+    return (image_id * num_sources + source) % (_INT32_MAX + 1)

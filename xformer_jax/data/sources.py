@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from xformer_jax.data import sharding, synthetic
-from xformer_jax.data.records import Record, StringColumn, numeric_id
+from xformer_jax.data.records import Record, StringColumn, namespaced_id, numeric_id
 from xformer_jax.data.tar_shards import TarShardSource, expand_pattern
 
 _CAPTION_SEPARATOR = "\x1f"  # joins an image's captions inside one StringColumn entry
@@ -23,25 +23,26 @@ class JsonCaptionSource:
     files ({"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}).
 
     Image paths are relative to image_root (default: the annotation file's folder) unless absolute.
-    With per_image=True, entries of the same image merge into one record (evaluation).
+    With per_image=True, entries of the same image merge into one record (evaluation). Image ids are
+    namespaced per file (`namespaced_id`), so several files never share an id.
     """
 
     def __init__(self, files: list[str], image_root: str = "", per_image: bool = False):
         self.path = "::".join(files)
         self.skipped_shards = 0
         images, captions, raw_ids = [], [], []
-        for file in files:
+        for number, file in enumerate(files):
             root = image_root or os.path.dirname(os.path.abspath(file))
             for image, caption, raw_id in _read_annotations(file):
                 images.append(os.path.join(root, image))
                 captions.append([caption] if isinstance(caption, str) else list(caption))
-                raw_ids.append(raw_id)
+                raw_ids.append((number, raw_id))
         if per_image:
             images, captions, raw_ids = _merge_by_image(images, captions, raw_ids)
         first_index = {}
-        ids = [numeric_id(raw, os.path.splitext(os.path.basename(image))[0],
-                          fallback=first_index.setdefault(image, len(first_index)))
-               for image, raw in zip(images, raw_ids)]
+        ids = [namespaced_id(numeric_id(raw, os.path.splitext(os.path.basename(image))[0],
+                                        fallback=first_index.setdefault(image, len(first_index))), number, len(files))
+               for image, (number, raw) in zip(images, raw_ids)]
         self._images = StringColumn(images)
         self._captions = StringColumn([_CAPTION_SEPARATOR.join(c) for c in captions])
         self._ids = np.asarray(ids, np.int32)

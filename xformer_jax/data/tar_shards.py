@@ -16,7 +16,7 @@ import tarfile
 
 import numpy as np
 
-from xformer_jax.data.records import Record, StringColumn, numeric_id
+from xformer_jax.data.records import Record, StringColumn, namespaced_id, numeric_id
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,14 @@ _MEMBERS = ("image", "txt", "json")  # member kinds kept per key; offset -1 = ab
 def expand_pattern(pattern: str) -> list[str]:
     """Shard paths from a pattern: brace ranges ({00000..00099}, zero padding kept), brace lists
     ({a,b}), glob wildcards, and several patterns joined by "::"."""
-    paths = []
-    for part in pattern.split("::"):
-        for path in _expand_braces(part):
-            paths.extend(sorted(glob.glob(path)) if re.search(r"[*?[]", path) else [path])
-    return paths
+    return [path for part in expand_pattern_parts(pattern) for path in part]
+
+
+def expand_pattern_parts(pattern: str) -> list[list[str]]:
+    """The shard paths of each "::"-joined part of a pattern (one part per source)."""
+    return [[path for expanded in _expand_braces(part)
+             for path in (sorted(glob.glob(expanded)) if re.search(r"[*?[]", expanded) else [expanded])]
+            for part in pattern.split("::")]
 
 
 def _expand_braces(pattern: str) -> list[str]:
@@ -49,12 +52,17 @@ def _expand_braces(pattern: str) -> list[str]:
 
 
 class TarShardSource:
-    """One record per key (e.g. 000000123) in the given shards, in shard order."""
+    """One record per key (e.g. 000000123) in the given shards, in shard order. The image id is the key's
+    number, namespaced by the "::" part of `pattern` the shard comes from (CC3M and CC12M keys overlap)."""
 
     def __init__(self, shards: list[str], pattern: str):
         self.path = pattern
         self.shards = list(shards)
         self.skipped_shards = 0
+        parts = expand_pattern_parts(pattern)
+        source_of = {path: number for number, part in enumerate(parts) for path in part}
+        self._shard_source = np.asarray([source_of.get(shard, 0) for shard in self.shards], np.int32)
+        self._num_sources = len(parts)
         keys, ranges, shard_ids = [], [], []
         for shard_id, shard in enumerate(self.shards):
             entries = self._index_shard(shard)
@@ -108,7 +116,9 @@ class TarShardSource:
                 captions = [caption] if isinstance(caption, str) else list(caption)
             else:
                 captions = []
-        return Record(image=image, captions=captions, image_id=numeric_id(self._keys[index], fallback=index))
+        image_id = numeric_id(self._keys[index], fallback=index)
+        source = int(self._shard_source[self._shard_ids[index]])
+        return Record(image=image, captions=captions, image_id=namespaced_id(image_id, source, self._num_sources))
 
 
 def _read(f, offset: int, size: int) -> bytes:

@@ -83,7 +83,7 @@ class LLMTokenizer:
         self.eos_id = self.encode("\n")[0]  # generation stops at the newline the captions end with
         self.max_len = max_len
         # The bos is never a target, also without a prompt (LAVIS masks it only when a prompt is set).
-        self.prompt_length = 1 + len(self.encode(prompt))
+        self.prompt_length = 1 + prompt_token_count(self.encode, prompt)
 
     def _token_id(self, path: str, key: str, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -103,6 +103,15 @@ class LLMTokenizer:
             mask[row, :len(tokens)] = 1
         return {"input_ids": ids, "attention_mask": mask,
                 "labels": stage2_labels(ids, mask, self.prompt_length)}
+
+
+def prompt_token_count(encode, prompt: str) -> int:
+    """How many tokens the prompt takes at the start of "prompt + caption".
+
+    The prompt is counted without its trailing whitespace, as LAVIS measures "a photo of" while its
+    captions read "a photo of CAPTION": a byte-level BPE merges that space into the caption's first
+    word (" two"), so counting it would mask the first caption token (often the count) as prompt."""
+    return len(encode(prompt.rstrip()))
 
 
 def stage2_labels(input_ids: np.ndarray, attention_mask: np.ndarray, prompt_length: int) -> np.ndarray:

@@ -106,3 +106,11 @@ def clean_caption(caption: str, max_words: int = 50) -> str:
     caption = _SPACES.sub(" ", caption).rstrip("\n").strip(" ")
     words = caption.split(" ")
     return " ".join(words[:max_words]) if len(words) > max_words else caption
+
+
+def clean_question(question: str, max_words: int = 50) -> str:
+    """BlipQuestionProcessor.pre_question, what LAVIS's VQA / GQA evaluation feeds the prompt: lowercase,
+    its punctuation set deleted (not spaced), trailing spaces dropped, the first max_words words."""
+    question = _PUNCTUATION.sub("", question.lower()).rstrip(" ")
+    words = question.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else question

@@ -7,7 +7,9 @@ and the breakdowns. File formats per task:
   vqav2, okvqa   predictions [{"question_id", "answer"}] (the official result format);
                  annotations {"annotations": [{"question_id", "question_type", "answer_type",
                  "answers": [{"answer"}, ...]}]}; optional questions {"questions":
-                 [{"question_id", ...}]}, which must cover the same question ids.
+                 [{"question_id", ...}]}, which must cover the same question ids. okvqa
+                 lemmatises each predicted answer first (eval/lemmatize.py), as BLIP-2 does,
+                 since OK-VQA's ground-truth answers are lemmatised.
   gqa            predictions [{"questionId", "prediction"}]; annotations: GQA's balanced
                  questions JSON {question_id: {"answer", "types": {"structural",
                  "semantic"}, ...}}. Ids compare as strings.
@@ -29,7 +31,8 @@ import os
 from xformer_jax.eval.caption import caption_scores
 from xformer_jax.eval.counting import counting_accuracy
 from xformer_jax.eval.gqa import gqa_accuracy
-from xformer_jax.eval.vqa import vqa_accuracy
+from xformer_jax.eval.lemmatize import lemmatize_answer
+from xformer_jax.eval.vqa import normalize_answer, vqa_accuracy
 
 TASKS = ("vqav2", "okvqa", "gqa", "coco_caption", "gvt_count")
 _SHOWN_IDS = 5
@@ -94,7 +97,7 @@ def _check_same_ids(predicted: dict, expected, id_key: str, predictions_path: st
                          f"{annotations_path}, e.g. {missing[:_SHOWN_IDS]}")
 
 
-def _score_vqa(predictions_path, annotations_path, questions_path) -> dict:
+def _score_vqa(predictions_path, annotations_path, questions_path, lemmatize: bool = False) -> dict:
     predictions = _by_id(
         _entries(_load_json(predictions_path, "predictions"), predictions_path, None,
                  ("question_id", "answer")),
@@ -118,6 +121,10 @@ def _score_vqa(predictions_path, annotations_path, questions_path) -> dict:
                              f"question_ids, e.g. {stray}")
     _check_same_ids(predictions, annotated_ids, "question_id", predictions_path,
                     annotations_path)
+    if lemmatize:
+        # After the official normalisation, so that punctuation never hides a plural ("dogs." -> "dog").
+        predictions = {question_id: lemmatize_answer(normalize_answer(answer))
+                       for question_id, answer in predictions.items()}
     return vqa_accuracy(predictions, annotations)
 
 
@@ -184,7 +191,7 @@ def score(task: str, predictions_path: str, annotations_path: str,
     if questions_path is not None and task not in ("vqav2", "okvqa"):
         raise ValueError(f"task {task!r} takes no questions file (got {questions_path})")
     if task in ("vqav2", "okvqa"):
-        result = _score_vqa(predictions_path, annotations_path, questions_path)
+        result = _score_vqa(predictions_path, annotations_path, questions_path, lemmatize=task == "okvqa")
     elif task == "gqa":
         result = _score_gqa(predictions_path, annotations_path)
     elif task == "coco_caption":

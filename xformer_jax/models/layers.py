@@ -73,10 +73,19 @@ def split_heads(x, num_heads: int):
     return x.reshape(batch, length, num_heads, width // num_heads)
 
 
-def attend(query, key, value, bias=None):
+def dropout(module: nn.Module, rate: float, x):
+    """Dropout inside `module`'s compact call, on exactly when the caller passed a "dropout" rng to
+    apply: the train step does; evaluation, generation, init and the parity tests do not."""
+    if rate == 0.0 or not module.has_rng("dropout"):
+        return x
+    return nn.Dropout(rate, deterministic=False)(x)
+
+
+def attend(query, key, value, bias=None, probs_dropout: Optional[Callable] = None):
     """Scaled dot-product attention over (batch, length, heads, head_dim) tensors.
 
     `bias` is additive (broadcastable to batch, heads, q_len, k_len). The softmax runs in float32.
+    `probs_dropout` (BERT's attention-probability dropout) is applied to the probabilities.
     """
     scale = query.shape[-1] ** -0.5
     # Heads-major batched matmuls: XLA:CPU runs these ~2.5x faster than the equivalent einsums
@@ -86,6 +95,8 @@ def attend(query, key, value, bias=None):
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
     probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+    if probs_dropout is not None:
+        probs = probs_dropout(probs)
     out = jnp.swapaxes(jnp.matmul(probs, v), 1, 2)
     return out.reshape(out.shape[0], out.shape[1], -1)
 

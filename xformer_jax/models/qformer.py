@@ -42,7 +42,10 @@ from xformer_jax.models import layers
 
 MASK_VALUE = -10000.0  # LAVIS `get_extended_attention_mask`: (1 - m) * -10000
 TEMP_INIT = 0.07
-TEMP_RANGE = (0.001, 0.5)  # LAVIS clamps temp in place to this range before every forward
+# BLIP / ALBEF (LAVIS blip_pretrain, albef_pretrain) clamp temp in place to this range before every
+# forward; LAVIS's BLIP-2 Q-Former does not. Kept here: it stops a runaway temp (-> 0 or negative)
+# from blowing up the ITC logits, and inside the range it changes nothing.
+TEMP_RANGE = (0.001, 0.5)
 
 KVCache = Sequence[tuple[jax.Array, jax.Array]]  # per layer (keys, values), each (batch, len, heads, head_dim)
 # fuse(layer_index, query_hidden, carry) -> (query_hidden, carry): run on the query positions after every
@@ -75,6 +78,11 @@ class QFormerConfig:
     num_query_tokens: int = 32
     embed_dim: int = 256  # vision_proj / text_proj width
     vision_layer_norm_eps: float = 1e-5  # ln_vision (LAVIS uses torch's default LayerNorm eps)
+    # BERT's dropout (LAVIS trains the Q-Former with bert-base's 0.1 in both stages): on the embeddings,
+    # every attention / FFN output before its residual LayerNorm, and the attention probabilities.
+    # Active only when apply gets a "dropout" rng (the train step); 0 here, set from config / checkpoint.
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
     dtype: Any = jnp.float32
     remat: bool = False
 
@@ -87,6 +95,9 @@ class QFormerConfig:
         for name in ("num_hidden_layers", "num_query_tokens", "encoder_width", "embed_dim", "vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         layers.activation(self.hidden_act)  # raises on an unknown activation
 
     def has_cross_attention(self, layer: int) -> bool:
@@ -140,15 +151,17 @@ def l2_normalize(x, eps: float = 1e-12):
 # ----------------------------------------------------------------------------------------------
 
 class Output(nn.Module):
-    """BERT SelfOutput / Output: dense, then post-LN over (dense + residual). Params dense, layernorm."""
+    """BERT SelfOutput / Output: dense, dropout, then post-LN over (dense + residual). Params dense, layernorm."""
     width: int
     eps: float
     in_axis: str = "joined_kv"
     dtype: Any = jnp.float32
+    dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, residual):
         h = layers.dense(self.width, (self.in_axis, "embed"), "dense", self.dtype)(x)
+        h = layers.dropout(self, self.dropout, h)
         return layers.layer_norm(self.eps, "layernorm")(
             h.astype(jnp.float32) + residual.astype(jnp.float32)).astype(self.dtype)
 
@@ -171,11 +184,14 @@ class QFormerAttention(nn.Module):
     row memory_index[b] of `memory` for row b of x, so keys / values are projected once per memory row
     (ITM pairs share images). `past_kv` is prepended to this call's keys / values (cached query positions
     for the ITG text pass). `rows` computes the output for the first `rows` positions only (keys / values
-    still cover every position), for callers that read no more than those.
+    still cover every position), for callers that read no more than those. `probs_dropout` /
+    `hidden_dropout`: BERT's dropout on the attention probabilities and on the output block.
     """
     num_heads: int
     eps: float
     dtype: Any = jnp.float32
+    probs_dropout: float = 0.0
+    hidden_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, bias=None, memory=None, past_kv=None, memory_index=None, rows: Optional[int] = None):
@@ -194,8 +210,8 @@ class QFormerAttention(nn.Module):
         if past_kv is not None:
             k = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
             v = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
-        out = layers.attend(q, k, v, bias=bias)
-        return Output(width, self.eps, "joined_kv", self.dtype, name="output")(out, x), new_kv
+        out = layers.attend(q, k, v, bias=bias, probs_dropout=lambda p: layers.dropout(self, self.probs_dropout, p))
+        return Output(width, self.eps, "joined_kv", self.dtype, self.hidden_dropout, name="output")(out, x), new_kv
 
 
 class QFormerLayer(nn.Module):
@@ -222,8 +238,7 @@ class QFormerLayer(nn.Module):
                  memory_index=None, rows: Optional[int] = None, row_index=None):
         c = self.config
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
-        attn, kv = QFormerAttention(c.num_attention_heads, c.layer_norm_eps, c.dtype, name="attention")(
-            hidden, bias, past_kv=past_kv, rows=rows)
+        attn, kv = self._attention("attention")(hidden, bias, past_kv=past_kv, rows=rows)
         length, num_queries = attn.shape[1], min(query_length, attn.shape[1])
         per_pair = (lambda x: x) if row_index is None else (lambda x: x[row_index])  # noqa: E731
         kv = jax.tree.map(per_pair, kv)
@@ -234,9 +249,8 @@ class QFormerLayer(nn.Module):
                 if memory is None:
                     raise ValueError("this Q-Former layer cross-attends: image features (memory) are required "
                                      "when queries are present")
-                queries, _ = QFormerAttention(c.num_attention_heads, c.layer_norm_eps, c.dtype,
-                                              name="crossattention")(queries, memory_bias, memory=memory,
-                                                                     memory_index=memory_index)
+                queries, _ = self._attention("crossattention")(queries, memory_bias, memory=memory,
+                                                               memory_index=memory_index)
             parts.append(self._ffn(queries, "_query"))
         if length > num_queries:
             if not c.text_ffn:
@@ -246,10 +260,16 @@ class QFormerLayer(nn.Module):
         out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
         return nn.with_logical_constraint(out, ("batch", "length", "embed")), kv
 
+    def _attention(self, name: str) -> QFormerAttention:
+        c = self.config
+        return QFormerAttention(c.num_attention_heads, c.layer_norm_eps, c.dtype, c.attention_probs_dropout_prob,
+                                c.hidden_dropout_prob, name=name)
+
     def _ffn(self, x, suffix: str):
         c = self.config
         h = Intermediate(c.intermediate_size, c.hidden_act, c.dtype, name=f"intermediate{suffix}")(x)
-        return Output(c.hidden_size, c.layer_norm_eps, "mlp", c.dtype, name=f"output{suffix}")(h, x)
+        return Output(c.hidden_size, c.layer_norm_eps, "mlp", c.dtype, c.hidden_dropout_prob,
+                      name=f"output{suffix}")(h, x)
 
 
 class QFormerEncoder(nn.Module):
@@ -285,7 +305,8 @@ class QFormerEncoder(nn.Module):
             raise ValueError(f"last_rows {last_rows} would drop queries ({query_length}) that the fuse hook reads")
         if input_index is not None and past_kv is not None:
             raise ValueError("input_index (distinct inputs shared by pairs) cannot be combined with past_kv")
-        x = layers.layer_norm(c.layer_norm_eps, "layernorm")(embeds).astype(c.dtype)
+        x = layers.dropout(self, c.hidden_dropout_prob,
+                           layers.layer_norm(c.layer_norm_eps, "layernorm")(embeds).astype(c.dtype))
         layer_cls = nn.remat(QFormerLayer, static_argnums=(3, 8)) if c.remat else QFormerLayer
         states, cache = [x if input_index is None else x[input_index]], []
         for i in range(c.num_hidden_layers):
@@ -507,9 +528,9 @@ class QFormer(nn.Module):
         return self.itm_head(queries).astype(jnp.float32).mean(axis=1)
 
     def temperature(self):
-        """temp clipped to LAVIS's [0.001, 0.5]. LAVIS clamps the parameter itself in place before each
-        forward, so its gradient never vanishes at the bounds; to match that exactly, clip the `temp`
-        param after each optimizer update instead (this clip then is a no-op)."""
+        """temp clipped to BLIP's [0.001, 0.5] (TEMP_RANGE). BLIP clamps the parameter itself in place
+        before each forward, so its gradient never vanishes at the bounds; the train step does the same
+        after each update (`clamp_temperature`), so this clip is a no-op there."""
         return jnp.clip(self.temp, *TEMP_RANGE)
 
     # -- HF-compatible / init entry point -------------------------------------------------------------
@@ -551,6 +572,8 @@ def _common(hf: dict) -> dict:
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
         max_position_embeddings=hf.get("max_position_embeddings", 512),
         pad_token_id=hf.get("pad_token_id") or 0,
+        hidden_dropout_prob=hf.get("hidden_dropout_prob", 0.1),  # BertConfig's / Blip2QFormerConfig's default
+        attention_probs_dropout_prob=hf.get("attention_probs_dropout_prob", 0.1),
     )
 
 

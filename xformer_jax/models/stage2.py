@@ -5,9 +5,11 @@ the Q query positions (the data pipeline already put -100 on the prompt, its bos
 HF's causal-LM loss. Stage2Model extends Stage1Model, so its param tree keeps stage 1's names
 (vision, mae, qformer, fusion) plus `llm` and `llm_proj`: a stage-1 checkpoint hands over directly.
 Only the Q-Former's query path runs (as in LAVIS's blip2_opt), so its text-only parts are not in
-this tree. The towers and the LLM are frozen; Q-Former, fusion and llm_proj train. MAE masking
-defaults to 0 at stage 2 and the reconstruction loss is off unless `reconstruction_weight` > 0
-(then masking uses `fusion.mask_ratio`).
+this tree. The towers and the LLM are frozen; Q-Former, fusion and llm_proj train. MAE masking has
+its own ratios after stage 1: `mask_ratio` while training stage 2, `inference_mask_ratio` for prompts
+and generation (both 0 by default: the paper's MAE sees the whole image after stage 1). The
+reconstruction loss is off unless `reconstruction_weight` > 0, which needs `mask_ratio` > 0 (the loss
+is over masked patches).
 """
 import dataclasses
 from typing import Optional, Union
@@ -26,11 +28,22 @@ LLMConfig = Union[opt.OPTConfig, llama.LlamaConfig]
 class Stage2Config(xformer.Stage1Config):
     llm: Optional[LLMConfig] = None
     reconstruction_weight: float = 0.0
+    mask_ratio: float = 0.0  # MAE masking while training stage 2 (config.model.stage2_mask_ratio)
 
     def __post_init__(self):
         super().__post_init__()
         if self.llm is None:
             raise ValueError("stage 2 needs an LLM (config.model.llm)")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"config.model.stage2_mask_ratio={self.mask_ratio} must be in [0, 1)")
+        if self.reconstructs and self.mask_ratio == 0.0:
+            raise ValueError(f"config.model.stage2_reconstruction_weight={self.reconstruction_weight} needs "
+                             "config.model.stage2_mask_ratio > 0: the reconstruction loss is over masked patches")
+
+    @property
+    def reconstructs(self) -> bool:
+        """Whether stage 2 trains with the reconstruction loss."""
+        return self.reconstruction_weight > 0 and self.fusion.reconstructs
 
     @property
     def frozen_collections(self) -> tuple:
@@ -52,14 +65,16 @@ class Stage2Model(xformer.Stage1Model):
         width = c.llm.word_embed_proj_dim or c.llm.hidden_size
         self.llm_proj = layers.dense(width, ("embed", "mlp"), "llm_proj", c.qformer.dtype)
 
-    def prefix(self, pixel_values, mae_pixel_values=None, mask_rng=None):
-        """The projected queries (B, Q, LLM width) and, when reconstructing, the reconstruction loss."""
+    def prefix(self, pixel_values, mae_pixel_values=None, mask_rng=None, training: bool = False):
+        """The projected queries (B, Q, LLM width) and, when training with it, the reconstruction loss.
+
+        MAE masks at `mask_ratio` while training, at `inference_mask_ratio` otherwise."""
         c = self.config
-        ratio = c.fusion.mask_ratio if c.reconstruction_weight > 0 else 0.0
+        ratio = c.mask_ratio if training else c.inference_mask_ratio
         images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, mask_ratio=ratio)
         queries, _, mae_out = self.query_states(images)
         rec = None
-        if c.reconstruction_weight > 0 and c.fusion.reconstructs:
+        if training and c.reconstructs:
             rec, _ = self.reconstruct(mae_out, images, mae_pixel_values)
         return self.llm_proj(queries), rec
 
@@ -70,7 +85,7 @@ class Stage2Model(xformer.Stage1Model):
 
     def __call__(self, pixel_values, input_ids, attention_mask, labels, mae_pixel_values=None, mask_rng=None):
         """{"lm": causal-LM loss[, "rec": reconstruction loss]}, float32."""
-        prefix, rec = self.prefix(pixel_values, mae_pixel_values, mask_rng)
+        prefix, rec = self.prefix(pixel_values, mae_pixel_values, mask_rng, training=True)
         embeds, mask = self.inputs(prefix, input_ids, attention_mask)
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask)["logits"]
         full_labels = jnp.concatenate([jnp.full(prefix.shape[:2], IGNORE_INDEX, labels.dtype), labels], axis=1)
@@ -80,6 +95,6 @@ class Stage2Model(xformer.Stage1Model):
         return out
 
     def prompt_embeddings(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None):
-        """(inputs_embeds, attention mask) for generation: [queries; prompt tokens], MAE unmasked."""
+        """(inputs_embeds, attention mask) for generation: [queries; prompt tokens], MAE at the inference ratio."""
         prefix, _ = self.prefix(pixel_values, mae_pixel_values)
         return self.inputs(prefix, input_ids, attention_mask)

