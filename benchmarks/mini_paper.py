@@ -37,7 +37,7 @@ VARIANTS = {
 FUSED_ITG = ("xformer_itg_fused",)
 QUESTION_TYPES = ("count", "color", "position", "exists")
 SPLIT = "test"  # reported; nothing here is chosen on it
-COMPARISONS = (("xformer", "blip2"), ("xformer", "xformer_norec"))
+COMPARISONS = (("xformer", "blip2"), ("xformer", "xformer_norec"), ("xformer_itg_fused", "xformer"))
 
 
 def variant_config(base, name: str, seed: int, batch_size: int = 0):

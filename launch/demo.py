@@ -171,8 +171,8 @@ def print_tables(report: dict, seconds: dict) -> None:
         print(_table(["captions", "all facts", *attributes.FACTS, "phrase precision"], [
             [name, a["score"], *(a[f] for f in attributes.FACTS), a["precision"]]
             for name, a in (("generated", attrs), (f'blind: "{report["blind_text"]}"', prior))]))
-    print("\nthe pretrained LLM reading each scene's true caption instead of the queries (its most likely first "
-          "answer token is the truth's, %): " + ", ".join(f"{k} {v:.1f}" for k, v in report["ceiling"].items()))
+    print("\nthe pretrained LLM reading each scene's complete description instead of the queries (its most likely "
+          "first answer token is the truth's, %): " + ", ".join(f"{k} {v:.1f}" for k, v in report["ceiling"].items()))
     print("\n" + _table(["phase", "seconds"], [[name, f"{value:.0f}"] for name, value in seconds.items()]))
 
 
@@ -194,7 +194,7 @@ def run_demo(stage1, stage2, workdir: str, budget: recipe.Budget) -> None:
         report = {"stage1": read_metrics(os.path.join(result.stage1_dir, "metrics.jsonl")),
                   "stage2": read_metrics(os.path.join(result.stage2_dir, "metrics.jsonl")),
                   "recall": recall, "num_val": config.data.synthetic.num_val, "probes": tower_probes,
-                  "scores": result.scores, "ceiling": recipe.llm_reads_captions(stage2, parts)}
+                  "scores": result.scores, "ceiling": recipe.llm_reads_descriptions(stage2, parts)}
         rec = reconstruction(model, params, batch) if model.config.fusion.reconstructs else None
         report["reconstruction"] = rec
         report["blind"] = {s: recipe.blind_baselines(parts.paths, os.path.join(workdir, "blind"), s) for s in result.scores}

@@ -31,7 +31,7 @@ def test_demo_runs_both_stages_and_writes_its_table_pictures_and_predictions(tmp
         assert set(scores["vqa"]["per_question_type"]) == {"count", "color", "position", "exists"}
         assert set(scores["attributes"]) == {"colour", "shape", "count", "score", "precision"}
     for line in ("| stage 2 loss_lm |", "| the model (queries as prefix) |", "| the best constant answer per type on test |",
-                 "CIDEr-D", "| generated |", "| blind: ", "true caption", "| stage 2 |", "held-out validation pairs",
+                 "CIDEr-D", "| generated |", "| blind: ", "complete description", "| stage 2 |", "held-out validation pairs",
                  "reading the MAE encoder's own M", "| clip |", "| mae |"):
         assert line in out, line
     steps = [json.loads(line)["step"] for line in open(tmp_path / "demo" / "stage2" / "metrics.jsonl")]

@@ -148,19 +148,16 @@ def _with_fusion(model: ml_collections.ConfigDict, kind: str) -> ml_collections.
 
 
 def llm_texts(paths: dict, seed: int = 0) -> list[tuple[str, str]]:
-    """(description, target) pairs from the training split: every caption as description of its image,
-    paired with another of its captions (after the caption prompt) and with each of its questions."""
-    rng = np.random.default_rng(seed)
-    captions: dict[str, list[str]] = {}
-    for entry in load_json(paths["caption_train"]):
-        captions.setdefault(entry["image"], []).append(entry["caption"])
-    pairs = []
-    for texts in captions.values():
-        pairs += [(text, f"{CAPTION_PROMPT} {texts[(i + 1) % len(texts)]}") for i, text in enumerate(texts)]
-    for entry in load_json(paths["vqa_train"]):
-        texts = captions[entry["image"]]
-        description = texts[int(rng.integers(len(texts)))]
-        pairs.append((description, f"{VQA_PROMPT.format(entry['question'])} {entry['answer'][0]}"))
+    """(description, target) pairs from the training split: each image's complete description
+    (`synthetic.describe`) paired with each of its captions (after the caption prompt) and with each of its
+    questions and answers."""
+    del seed  # the pairs are a function of the dataset
+    entries = load_json(paths["caption_train"])
+    descriptions = {e["image"]: synthetic.describe(scene)
+                    for e, scene in zip(entries, scenes_of(paths, [e["image_id"] for e in entries]))}
+    pairs = [(descriptions[e["image"]], f"{CAPTION_PROMPT} {e['caption']}") for e in entries]
+    pairs += [(descriptions[e["image"]], f"{VQA_PROMPT.format(e['question'])} {e['answer'][0]}")
+              for e in load_json(paths["vqa_train"])]
     return pairs
 
 
@@ -189,7 +186,7 @@ def pretrained_llm(config: ml_collections.ConfigDict, paths: dict, directory: st
     stage-2 config) pretrained on `llm_texts`, once."""
     spec = {"llm": config.model.llm.to_dict(), "data": config.data.synthetic.to_dict(), "steps": budget.llm_steps,
             "batch_size": budget.llm_batch_size, "lr": budget.llm_lr, "seed": config.seed, "loss": "targets",
-            "caption_prompt": CAPTION_PROMPT}
+            "caption_prompt": CAPTION_PROMPT, "description": "synthetic.describe"}
     out = {name: os.path.join(directory, f"{name}-{_digest(spec)}.{ext}")
            for name, ext in (("tokenizer", "json"), ("llm", "msgpack"))}
     if _reusable(directory, spec, list(map(os.path.basename, out.values()))):
@@ -355,15 +352,17 @@ def blind_caption(paths: dict, candidates: int = 200, scenes: int = 512) -> str:
     return attributes.best_constant_caption(pool, scenes_of(paths, ids))
 
 
-def llm_reads_captions(stage2_base: ml_collections.ConfigDict, parts: "Parts", split: str = "val",
-                       batch_size: int = 64) -> dict[str, float]:
+def llm_reads_descriptions(stage2_base: ml_collections.ConfigDict, parts: "Parts", split: str = "val",
+                           batch_size: int = 64) -> dict[str, float]:
     """Percent of questions per type whose answer's first token is the pretrained LLM's most likely next
-    token after "TRUE CAPTION</s>Question: Q Short answer:": how well the LLM answers when the scene is
+    token after "SCENE DESCRIPTION</s>Question: Q Short answer:": how well the LLM answers when the scene is
     described in words, the ceiling for queries that stand in for the description."""
     tokenizer = LLMTokenizer(parts.llm["tokenizer"])
-    captions = {e["image"]: e["caption"][0] for e in load_json(parts.paths[f"caption_{split}"])}
     questions = load_json(parts.paths[f"vqa_{split}"])
-    tokens = encode_pairs(tokenizer, [(captions[q["image"]], VQA_PROMPT.format(q["question"])) for q in questions])
+    ids = {e["image"]: e["image_id"] for e in load_json(parts.paths[f"caption_{split}"])}
+    scenes = scenes_of(parts.paths, [ids[q["image"]] for q in questions])
+    tokens = encode_pairs(tokenizer, [(synthetic.describe(scene), VQA_PROMPT.format(q["question"]))
+                                      for scene, q in zip(scenes, questions)])
     last = tokens["attention_mask"].sum(1) - 2  # the prompt's last token; the newline follows it
     llm = stage2.llm_module(build.stage2_config(stage2_base.model).llm)
     params = build.load_params(parts.llm["llm"], "the pretrained LLM")

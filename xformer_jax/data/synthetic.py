@@ -64,6 +64,7 @@ _RELATION_WORDS = {
     "above": ("above",),
     "below": ("below", "under"),
 }
+_CELL_NAMES = ("top left", "top right", "bottom left", "bottom right")  # the 2x2 grid, row-major
 _CAPTION_TEMPLATES = (
     "{}",
     "a picture of {}",
@@ -210,6 +211,27 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
         body = _join([phrases[i] for i in order])
     background = "dark" if scene.background < 70 else "gray"
     return _pick(rng, _CAPTION_TEMPLATES).format(body, bg=background)
+
+
+def describe(scene: Scene) -> str:
+    """The complete description of a scene: every group in grid-cell order with its count, size, colour,
+    shape and cell, then the clear relation of every pair of groups. A caption names one relation at
+    most, so a reader of captions cannot answer most position questions; this text answers them all."""
+    groups = sorted(scene.groups, key=_cell)
+    phrases = [f"{NUMBER_WORDS[g.count]} {g.size} {_name(g)} at the {_CELL_NAMES[_cell(g)]}" for g in groups]
+    relations = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            rel = relation(a, b)
+            if rel:
+                relations.append(f"the {_name(a)} {'is' if a.count == 1 else 'are'} {_RELATION_WORDS[rel][0]} "
+                                 f"the {_name(b)}")
+    return ". ".join([_join(phrases), *relations])
+
+
+def _cell(group: Group) -> int:
+    x, y = group.centroid
+    return int(y * 2) * 2 + int(x * 2)
 
 
 def _caption_phrase(group: Group, rng: np.random.Generator) -> str:
