@@ -137,8 +137,9 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def print_tables(report: dict, seconds: dict) -> None:
     stage1, stage2 = report["stage1"], report["stage2"]
+    training = lambda records: [r for r in records if "loss" in r]  # noqa: E731  (not the eval/ records)
     rows = [[f"{stage} {k}", f"{records[0][k]:.3f}", f"{records[-1][k]:.3f}"]
-            for stage, records in (("stage 1", stage1), ("stage 2", stage2))
+            for stage, records in (("stage 1", training(stage1)), ("stage 2", training(stage2)))
             for k in [k for k in records[-1] if k.startswith("loss_")]]
     print("\n" + _table(["quantity", "first logged step", "last step"], rows))
     held_out = [r for r in stage1 if "eval/itm_accuracy" in r]

@@ -31,6 +31,6 @@ def tiny_stage2_config(workdir, tokenizer_path: str, fusion: str = "xformer") ->
     config.stage = "stage2"
     config.model.llm = ml_collections.ConfigDict(dict(
         kind="opt", hf_dir="", params_file="", vocab_size=400, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-        num_attention_heads=4, max_position_embeddings=64, pad_token_id=1, bos_token_id=2, eos_token_id=2))
+        num_attention_heads=4, max_position_embeddings=128, pad_token_id=1, bos_token_id=2, eos_token_id=2))
     config.data.update(llm_tokenizer_path=tokenizer_path, max_txt_len=16)
     return config

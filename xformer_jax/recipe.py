@@ -195,6 +195,10 @@ def pretrained_llm(config: ml_collections.ConfigDict, paths: dict, directory: st
     pairs = llm_texts(paths, config.seed)
     bpe.train_bpe([text for pair in pairs for text in pair], out["tokenizer"], config.model.llm.vocab_size)
     tokens = encode_pairs(LLMTokenizer(out["tokenizer"]), pairs)
+    longest, positions = int(tokens["attention_mask"].sum(1).max()), config.model.llm.max_position_embeddings
+    if longest > positions:
+        raise ValueError(f"the LLM's pretraining texts reach {longest} tokens but "
+                         f"config.model.llm.max_position_embeddings={positions}")
     rng = np.random.default_rng(config.seed)
 
     def batches():
