@@ -24,7 +24,7 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     config.batch_size = 16
     config.log_every = 10
     config.checkpoint_every = 100
-    config.eval_every = 50  # held-out losses and ITM accuracy on the validation split
+    config.eval_every = 100  # held-out losses and ITM accuracy on the validation split
     config.eval_batches = 4
 
     # 96 px in 16 px patches: the synthetic scenes put each object inside one slot of a 6x6 grid, which these
@@ -57,7 +57,7 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
             ffn_dim=1024, num_attention_heads=8, max_position_embeddings=128, pad_token_id=1, bos_token_id=2,
             eos_token_id=2))
         config.data.update(llm_tokenizer_path="workdir/llm/tokenizer.json", max_txt_len=32, prompt="")
-        config.total_steps = 1000
-        config.eval_every = 200
+        config.total_steps = 800
+        config.eval_every = 400
         config.optim.update(lr=5e-4, warmup_steps=50)
     return config

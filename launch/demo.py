@@ -123,8 +123,11 @@ def examples_picture(paths: dict, eval_dir: str, path: str, split: str = "test")
         facts, _ = attributes.caption_facts(generated, synthetic.scene_of(seed, int(entry["image_id"])))
         lines = [*((line, all(map(all, facts.values()))) for line in textwrap.wrap(f"generated: {generated}", 60)),
                  *((line, None) for line in textwrap.wrap(f"truth: {entry['caption'][0]}", 60))]
-        lines += [(f"Q: {q['question']}  A: {answers[q['question_id']]} (truth {q['answer'][0]})",
-                   answers[q["question_id"]] == q["answer"][0]) for q in questions if q["image"] == entry["image"]]
+        for q in questions:
+            if q["image"] == entry["image"]:
+                right = answers[q["question_id"]] == q["answer"][0]
+                text = f"Q: {q['question']}  A: {answers[q['question_id']]} (truth {q['answer'][0]})"
+                lines += [(line, right) for line in textwrap.wrap(text, 60)]
         texts.append(lines)
     plots.captioned_images(images, texts, path)
 
