@@ -27,7 +27,7 @@ def pixel_probes(paths: dict, config) -> dict:
     patch = config.model.vision.patch_size
 
     def tokens(splits):
-        entries = [e for s in splits for e in {e["image_id"]: e for e in recipe.load_json(paths[f"caption_{s}"])}.values()]
+        entries = [e for s in splits for e in recipe.split_images(paths, s)]
         images = np.stack([np.asarray(i, np.float32) / 255 for i in recipe.load_images(entries, paths["root"])])
         n, side = len(images), images.shape[1] // patch
         grid = images.reshape(n, side, patch, side, patch, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, side * side, -1)

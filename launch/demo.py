@@ -205,7 +205,7 @@ def run_demo(stage1, stage2, workdir: str, budget: recipe.Budget) -> None:
         report["blind_text"] = recipe.blind_caption(parts.paths)
         report["blind_caption"] = {s: recipe.caption_attributes(parts.paths, [
             {"image_id": i, "caption": report["blind_text"]}
-            for i in dict.fromkeys(e["image_id"] for e in recipe.load_json(parts.paths[f"caption_{s}"]))])
+            for i in (e["image_id"] for e in recipe.split_images(parts.paths, s))])
             for s in result.scores}
         loss_curves(report["stage1"], report["stage2"], os.path.join(workdir, "loss_curves.png"))
         if rec is not None:

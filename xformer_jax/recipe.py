@@ -127,7 +127,7 @@ def tower_probes(config: ml_collections.ConfigDict, paths: dict, towers: dict, b
     transform = inference.eval_transform(config.data)
 
     def features(splits):
-        entries = [e for split in splits for e in {e["image_id"]: e for e in load_json(paths[f"caption_{split}"])}.values()]
+        entries = [e for split in splits for e in split_images(paths, split)]
         out = {name: [] for name in patch_tokens}
         for start in range(0, len(entries), batch_size):
             views = [transform(image, None) for image in load_images(entries[start:start + batch_size], paths["root"])]
@@ -259,6 +259,11 @@ def _batches(entries: list, size: int):
     for start in range(0, len(entries), size):
         chunk = entries[start:start + size]
         yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
+
+
+def split_images(paths: dict, split: str) -> list[dict]:
+    """One caption entry per image of a split (its "image" and "image_id"), in file order."""
+    return list({e["image_id"]: e for e in load_json(paths[f"caption_{split}"])}.values())
 
 
 def load_images(entries: Sequence[dict], root: str) -> list:
