@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -22,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from xformer_jax import rundir
 from xformer_jax.data import pipeline
 from xformer_jax.data.sharding import to_global_batch
 from xformer_jax.models import xformer
@@ -135,7 +135,7 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     if load_pretrained:
         pretrained.update(build.pretrained_parts(config.model, plan.model_config))
         if config.get("init_from"):  # the stage-1 run's towers and Q-Former win over config.model's sources
-            pretrained.update(build.stage1_checkpoint_params(config.init_from))
+            pretrained.update(rundir.restore_params(config.init_from)[0])
     with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
         params = partitioning.init_sharded(plan.init, plan.param_shardings, rng)
     params = build.merge_pretrained(params, pretrained)
@@ -145,17 +145,6 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     trainable, frozen = xformer.split_params(params, frozen_names)
     state = jax.jit(create, out_shardings=sharding)(trainable, frozen, rng)
     return Trainer(config, plan.mesh, plan.model, state, sharding, step_fn, loss_fn)
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """WORKDIR/config.json: what evaluation, generation and export rebuild the model from."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
 def check_finite(step: int, metrics: dict) -> None:
@@ -185,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
-    save_config(build.with_checkpoint_fields(config, trainer.model.config), workdir)
+    rundir.write_config(build.with_checkpoint_fields(config, trainer.model.config), workdir)
     try:
         data_iter = pipeline.make_train_iterator(config)
         state = trainer.state
