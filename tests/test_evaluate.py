@@ -175,7 +175,7 @@ def test_retrieval_with_itm_reranking_equals_a_brute_force_reference(runs, capsy
     for key, value in reference.items():
         assert printed[key] == pytest.approx(value, abs=1e-9), key
     assert printed["itc"] == pytest.approx(recall.retrieval_recall(sims, text_to_image))
-    rankings = _load(out / "rankings.json")
-    np.testing.assert_array_equal(rankings["i2t"], np.argsort(-ref_i2t, axis=1, kind="stable")[:, :10])
-    np.testing.assert_array_equal(rankings["t2i"], np.argsort(-ref_t2i, axis=1, kind="stable")[:, :10])
+    ranked = _load(out / "rankings.json")
+    np.testing.assert_array_equal(ranked["i2t"], np.argsort(-ref_i2t, axis=1, kind="stable")[:, :10])
+    np.testing.assert_array_equal(ranked["t2i"], np.argsort(-ref_t2i, axis=1, kind="stable")[:, :10])
     assert printed["num_images"] == 8 and printed["num_texts"] == 40
