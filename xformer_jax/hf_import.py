@@ -110,11 +110,11 @@ def _image_settings(hf_dir: str, config: ml_collections.ConfigDict) -> None:
 def save_initial_checkpoint(config: ml_collections.ConfigDict, params: dict, out: str) -> None:
     """OUT/config.json and OUT/checkpoints/0: the TrainState a run of `config` would start from,
     holding `params` (every param of the model, as NumPy or JAX arrays) and a fresh optimizer state."""
-    plan = loop.blueprint(config)
-    with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
-        boxed = jax.eval_shape(plan.init, jax.random.key(config.seed))
+    layout = loop.model_layout(config)
+    with jax.set_mesh(layout.mesh), nn.logical_axis_rules(layout.rules):
+        boxed = jax.eval_shape(layout.init, jax.random.key(config.seed))
     want = traverse_util.flatten_dict(nn.unbox(boxed), sep="/")
-    shardings = traverse_util.flatten_dict(plan.param_shardings, sep="/")
+    shardings = traverse_util.flatten_dict(layout.param_shardings, sep="/")
     have = traverse_util.flatten_dict(params, sep="/")
     problems = [f"missing {p} {want[p].shape}" for p in sorted(set(want) - set(have))]
     problems += [f"unexpected {p}" for p in sorted(set(have) - set(want))]
@@ -123,7 +123,7 @@ def save_initial_checkpoint(config: ml_collections.ConfigDict, params: dict, out
     if problems:
         raise ValueError(f"params do not match the model the config describes ({len(problems)} problems): "
                          + "; ".join(problems[:10]))
-    frozen_names = plan.model_config.frozen_collections
+    frozen_names = layout.model_config.frozen_collections
     frozen_dtype = build.dtype_of(config.model.frozen_dtype, "config.model.frozen_dtype")
     placed = {}
     for path, sharding in shardings.items():
@@ -132,7 +132,7 @@ def save_initial_checkpoint(config: ml_collections.ConfigDict, params: dict, out
             value = value.astype(np.dtype(frozen_dtype))
         placed[path] = jax.device_put(value, sharding)
     params = traverse_util.unflatten_dict(placed, sep="/")
-    create, shardings, _, _ = loop.state_and_step(config, plan, params)
+    create, shardings, _, _ = loop.state_and_step(config, layout, params)
     trainable, frozen = xformer.split_params(params, frozen_names)
     state = jax.jit(create, out_shardings=shardings)(trainable, frozen, jax.random.key(config.seed))
     rundir.write_config(config, out)

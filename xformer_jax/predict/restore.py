@@ -15,9 +15,9 @@ def restore_run(path: str, config: Optional[ml_collections.ConfigDict] = None
     every param read straight onto the sharding the run's mesh gives it."""
     checkpoint = rundir.resolve(path)
     config = config or rundir.read_config(checkpoint.workdir)
-    run = loop.blueprint(config)
-    params, _ = rundir.restore_params(checkpoint.directory, run.param_shardings)
-    return config, run.model, params
+    layout = loop.model_layout(config)
+    params, _ = rundir.restore_params(checkpoint.directory, layout.param_shardings)
+    return config, layout.model, params
 
 
 def read_stage(path: str, stage: str, why: str) -> ml_collections.ConfigDict:
