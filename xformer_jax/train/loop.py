@@ -136,7 +136,10 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     if load_pretrained:
         pretrained.update(build.pretrained_parts(config.model, layout.model_config))
         if config.get("init_from"):  # the stage-1 run's towers and Q-Former win over config.model's sources
-            pretrained.update(rundir.restore_params(config.init_from)[0])
+            try:
+                pretrained.update(rundir.restore_params(config.init_from)[0])
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"config.init_from={config.init_from!r}: {e}") from None
     with jax.set_mesh(layout.mesh), nn.logical_axis_rules(layout.rules):
         params = partitioning.init_sharded(layout.init, layout.param_shardings, rng)
     params = build.merge_pretrained(params, pretrained)
