@@ -31,9 +31,9 @@ def main(argv=None):
 
     from configs import common
     from xformer_jax.convert import CheckpointMismatch
-    from xformer_jax.convert import workdir
+    from xformer_jax import hf_import
     try:
-        report = workdir.convert(args.hf, args.out, base_config=common.base_config(), overwrite=args.overwrite)
+        report = hf_import.convert(args.hf, args.out, base_config=common.base_config(), overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointMismatch) as e:
         raise SystemExit(f"launch/convert.py: {e}") from None
     print(report)

@@ -29,10 +29,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import demo as demo_config  # noqa: E402
-from xformer_jax import plots, recipe, retrieve  # noqa: E402
+from xformer_jax import plots, recipe  # noqa: E402
 from xformer_jax.data import pipeline, synthetic  # noqa: E402
-from xformer_jax.eval import attributes, probes, retrieval  # noqa: E402
+from xformer_jax.eval import attributes, probes  # noqa: E402
 from xformer_jax.models import mae as mae_lib  # noqa: E402
+from xformer_jax.predict import rankings  # noqa: E402
 from xformer_jax.train import build  # noqa: E402
 
 NUM_EXAMPLES = 8
@@ -62,22 +63,19 @@ def loss_curves(stage1: list[dict], stage2: list[dict], path: str) -> None:
                                   "frozen OPT's prefix)", held_out)
 
 
-def evaluate_retrieval(model, params, config) -> tuple[dict, dict]:
-    """ITC retrieval over the validation images (one caption each), and the first eval batch."""
-    embed = jax.jit(lambda p, b: model.apply({"params": p}, b["pixel_values"], b["input_ids"], b["attention_mask"],
-                                             b.get("mae_pixel_values"), method=model.retrieval_embeddings))
-    images, texts, first = [], [], None
-    for batch in pipeline.make_eval_dataset(config):
-        keep = batch["mask"].astype(bool)
-        inputs = {k: batch[k] for k in ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask")}
-        image_embeds, text_embeds = embed(params, inputs)
-        images.append(np.asarray(image_embeds)[keep])
-        texts.append(np.asarray(text_embeds)[keep])
-        first = first or inputs
-    image_embeds, text_embeds = np.concatenate(images), np.concatenate(texts)
-    sims = retrieve.similarities(image_embeds, text_embeds)
-    recall = retrieval.retrieval_recall(sims, np.arange(len(text_embeds)))
-    return recall, first
+def evaluate_retrieval(model, params, config, paths: dict, batch_size: int) -> dict:
+    """ITC retrieval over the validation images, one caption each (`predict.rankings`, as launch/evaluate.py
+    ranks; no ITM re-ranking)."""
+    entries = [{"image": e["image"], "caption": e["caption"][:1]} for e in recipe.load_json(paths["caption_val"])]
+    ranked = rankings.rank_captions(rankings.Retriever(config, model, params), entries, paths["root"], batch_size,
+                                    k_test=0)
+    return ranked.recall()
+
+
+def first_eval_batch(config) -> dict:
+    """The model inputs of the first held-out batch (what the reconstruction is shown on)."""
+    batch = next(iter(pipeline.make_eval_dataset(config)))
+    return {k: batch[k] for k in ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask")}
 
 
 def reconstruction(model, params, batch) -> dict:
@@ -194,7 +192,8 @@ def run_demo(stage1, stage2, workdir: str, budget: recipe.Budget) -> None:
         config = result.stage1_config
         model = build.make_model(build.model_config(config))
         params = {**result.stage1_state.params, **result.stage1_state.frozen}
-        recall, batch = evaluate_retrieval(model, params, config)
+        recall = evaluate_retrieval(model, params, config, parts.paths, budget.eval_batch_size)
+        batch = first_eval_batch(config)
         report = {"stage1": read_metrics(os.path.join(result.stage1_dir, "metrics.jsonl")),
                   "stage2": read_metrics(os.path.join(result.stage2_dir, "metrics.jsonl")),
                   "recall": recall, "num_val": config.data.synthetic.num_val, "probes": tower_probes,

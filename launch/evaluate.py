@@ -63,19 +63,6 @@ def _require(entries, keys: tuple, path: str) -> None:
             raise SystemExit(f"{path}: entry {index} has no {missing[0]!r}")
 
 
-def _images(paths):
-    from PIL import Image
-    for path in paths:
-        if not os.path.isfile(path):
-            raise SystemExit(f"image {path} not found (check --image_root)")
-    return [Image.open(path).convert("RGB") for path in paths]
-
-
-def _batches(entries, size: int):
-    for start in range(0, len(entries), size):
-        yield entries[start:start + size]
-
-
 def _write_json(out: str, name: str, data, indent=None) -> str:
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, name)
@@ -89,18 +76,21 @@ def _write_scores(out: str, scores: dict) -> None:
     print(json.dumps(scores))
 
 
+def _captioner(args):
+    """The stage-2 run of --workdir with the decoding settings of the flags."""
+    from xformer_jax.predict.captions import Captioner
+    return Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                                  min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty)
+
+
 def _answers(args, questions: list[str], image_paths: list[str]) -> list[str]:
-    """The stage-2 run's answers, in batches, with the decoding settings of the flags."""
-    from xformer_jax.inference import Captioner
-    captioner = Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                                       min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty)
+    """The stage-2 run's answers (`predict.captions.generate_texts`) to the questions, cleaned unless
+    --no-clean_questions, in --prompt."""
+    from xformer_jax.data.transforms import clean_question
+    from xformer_jax.predict.captions import generate_texts
     if args.clean_questions:
-        from xformer_jax.data.transforms import clean_question
         questions = [clean_question(q) for q in questions]
-    answers = []
-    for batch in _batches(list(zip(questions, image_paths)), args.batch_size):
-        answers += captioner.vqa(_images([p for _, p in batch]), [q for q, _ in batch], args.prompt)
-    return answers
+    return generate_texts(_captioner(args), image_paths, [args.prompt.format(q) for q in questions], args.batch_size)
 
 
 def _scored(args, given: str, evaluated) -> str:
@@ -157,17 +147,10 @@ def run_count(args) -> None:
 
 def run_caption(args) -> None:
     from xformer_jax.eval.score import score
-    from xformer_jax.inference import CAPTION_PROMPT, Captioner
+    from xformer_jax.predict.captions import caption_predictions
     entries = _load(args.images, "--images")
     _require(entries, ("image", "image_id"), args.images)
-    captioner = Captioner.from_workdir(args.workdir, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                                       min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty)
-    predictions = []
-    for batch in _batches(entries, args.batch_size):
-        # Scored without the prompt, as LAVIS scores BLIP-2's captions (its OPT returns the new tokens only).
-        captions = captioner.answer(_images([os.path.join(args.image_root, e["image"]) for e in batch]),
-                                    [CAPTION_PROMPT] * len(batch))
-        predictions += [{"image_id": int(e["image_id"]), "caption": c} for e, c in zip(batch, captions)]
+    predictions = caption_predictions(_captioner(args), entries, args.image_root, args.batch_size)
     path = _write_json(args.out, "predictions.json", predictions)
     _write_scores(args.out, score("coco_caption", path, args.annotations))
 
@@ -175,26 +158,16 @@ def run_caption(args) -> None:
 def run_retrieval(args) -> None:
     import numpy as np
 
-    from xformer_jax.eval import retrieval
-    from xformer_jax.retrieve import Retriever, concatenate
+    from xformer_jax.predict.rankings import Retriever, rank_captions
     entries = _load(args.images, "--images")
     _require(entries, ("image", "caption"), args.images)
-    texts, text_to_image = [], []
-    for index, entry in enumerate(entries):
-        captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
-        texts += captions
-        text_to_image += [index] * len(captions)
-    retriever = Retriever.from_workdir(args.workdir)
-    images = concatenate([retriever.encode_images(_images([os.path.join(args.image_root, e["image"]) for e in b]))
-                          for b in _batches(entries, args.batch_size)])
-    encoded = concatenate([retriever.encode_texts(b) for b in _batches(texts, args.batch_size)])
-    sims, scores_i2t, scores_t2i = retriever.scores(images, encoded, args.k_test)
+    rankings = rank_captions(Retriever.from_workdir(args.workdir), entries, args.image_root, args.batch_size,
+                             args.k_test)
     top = lambda scores: np.argsort(-scores, axis=1, kind="stable")[:, :_TOP_RANKED].tolist()  # noqa: E731
-    _write_json(args.out, "rankings.json", {"images": [e["image"] for e in entries], "texts": texts,
-                                            "i2t": top(scores_i2t), "t2i": top(scores_t2i)})
-    _write_scores(args.out, {"task": "retrieval", **retrieval.recall_at_k(scores_i2t, scores_t2i, text_to_image),
-                             "itc": retrieval.retrieval_recall(sims, text_to_image), "k_test": args.k_test,
-                             "num_images": len(entries), "num_texts": len(texts)})
+    _write_json(args.out, "rankings.json", {"images": [e["image"] for e in entries], "texts": rankings.texts,
+                                            "i2t": top(rankings.scores_i2t), "t2i": top(rankings.scores_t2i)})
+    _write_scores(args.out, {"task": "retrieval", **rankings.recall(), "k_test": args.k_test,
+                             "num_images": len(entries), "num_texts": len(rankings.texts)})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -213,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--batch_size", type=int, default=16)
         if name == "retrieval":
             cmd.add_argument("--images", required=True, help="LAVIS caption file, one entry per image")
-            cmd.add_argument("--k_test", type=int, default=128, help="candidates per query ITM re-ranks")
+            cmd.add_argument("--k_test", type=int, default=128, help="candidates per query ITM re-ranks (0: ITC only)")
             continue
         cmd.add_argument("--num_beams", type=int, default=5)
         cmd.add_argument("--max_new_tokens", type=int, default=30 if name == "caption" else 10)

@@ -31,9 +31,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from xformer_jax.convert import CheckpointMismatch
-    from xformer_jax.convert import export
+    from xformer_jax import hf_export
     try:
-        report = export.export(args.checkpoint or args.workdir, args.out, export_format=args.format, dtype=args.dtype,
+        report = hf_export.export(args.checkpoint or args.workdir, args.out, export_format=args.format, dtype=args.dtype,
                                max_shard_size=args.max_shard_size)
     except (ValueError, FileNotFoundError, CheckpointMismatch) as e:
         raise SystemExit(f"launch/export.py: {e}") from None

@@ -24,7 +24,7 @@ def main():
 
     from PIL import Image, UnidentifiedImageError
 
-    from xformer_jax.inference import Captioner
+    from xformer_jax.predict.captions import Captioner
     paths = [p for p in args.images.split(",") if p]
     images = []
     for path in paths:

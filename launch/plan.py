@@ -131,16 +131,16 @@ def abstract_batch(config: ml_collections.ConfigDict, model_config: xformer.Stag
 
 def abstract_trainer(config: ml_collections.ConfigDict) -> AbstractTrainer:
     """`loop.make_trainer` without allocating anything: same mesh, shardings, state layout and step."""
-    plan = loop.blueprint(config)
-    check_batch(config, plan.mesh)
-    params = partitioning.unbox(jax.eval_shape(plan.init, jax.random.key(config.seed)))
-    frozen_names = plan.model_config.frozen_collections
+    layout = loop.model_layout(config)
+    check_batch(config, layout.mesh)
+    params = partitioning.unbox(jax.eval_shape(layout.init, jax.random.key(config.seed)))
+    frozen_names = layout.model_config.frozen_collections
     params = {k: jax.eval_shape(lambda f: loop._cast_frozen(f, config.model.frozen_dtype), v) if k in frozen_names
               else v for k, v in params.items()}
-    create, sharding, step_fn, _ = loop.state_and_step(config, plan, params)
+    create, sharding, step_fn, _ = loop.state_and_step(config, layout, params)
     trainable, frozen = xformer.split_params(params, frozen_names)
     abstract_state = jax.eval_shape(create, trainable, frozen, jax.random.key(config.seed))
-    mesh, model, model_config = plan.mesh, plan.model, plan.model_config
+    mesh, model, model_config = layout.mesh, layout.model, layout.model_config
     batch_sh = partitioning.batch_sharding(mesh)
     return AbstractTrainer(mesh, model, partitioning.with_shardings(abstract_state, sharding),
                            abstract_batch(config, model_config, batch_sh), step_fn)

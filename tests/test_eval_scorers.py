@@ -8,7 +8,7 @@ from xformer_jax.eval.caption import bleu, caption_scores, cider_d, ptb_tokenize
 from xformer_jax.eval.counting import (
     counting_accuracy, extract_count, identification_accuracy, mentions_class)
 from xformer_jax.eval.gqa import gqa_accuracy
-from xformer_jax.eval.retrieval import itm_rerank, recall_at_k, retrieval_recall
+from xformer_jax.eval.recall import itm_rerank, recall_at_k, retrieval_recall
 from xformer_jax.eval.score import score
 from xformer_jax.eval.vqa import answer_accuracy, normalize_answer, vqa_accuracy
 
@@ -428,17 +428,16 @@ def test_evaluate_modes_default_to_lavis_decoding_and_question_cleaning(monkeypa
 
     seen = []
 
-    class Recorder:
-        def vqa(self, images, questions, prompt):
-            seen.extend(questions)
-            return ["x"] * len(questions)
+    def generate_texts(captioner, image_paths, prompts, batch_size):
+        seen.extend(prompts)
+        return ["x"] * len(prompts)
 
-    from xformer_jax import inference
-    monkeypatch.setattr(inference.Captioner, "from_workdir", classmethod(lambda cls, *a, **k: Recorder()))
-    monkeypatch.setattr(evaluate, "_images", lambda paths: paths)
+    from xformer_jax.predict import captions
+    monkeypatch.setattr(captions, "generate_texts", generate_texts)
+    monkeypatch.setattr(evaluate, "_captioner", lambda args: None)
     evaluate._answers(vqa, ["What is ON the table?", 'Is it "red"!'], ["a.png", "b.png"])
-    assert seen == ["what is on the table?", "is it red"]
+    assert seen == ["Question: what is on the table? Short answer:", "Question: is it red Short answer:"]
     seen.clear()
     raw = evaluate._parser().parse_args(["vqa", *common, "--questions=q", "--annotations=a", "--no-clean_questions"])
     evaluate._answers(raw, ["What is ON the table?"], ["a.png"])
-    assert seen == ["What is ON the table?"]
+    assert seen == ["Question: What is ON the table? Short answer:"]

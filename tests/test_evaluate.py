@@ -10,12 +10,13 @@ from PIL import Image
 
 from launch import evaluate
 from tiny import tiny_config, tiny_stage2_config
-from xformer_jax import inference, retrieve
 from xformer_jax.data import bpe, synthetic
+from xformer_jax.data.pipeline import image_transform
 from xformer_jax.data.tokenizers import QFormerTokenizer
 from xformer_jax.data.transforms import clean_caption
-from xformer_jax.eval import retrieval
+from xformer_jax.eval import recall
 from xformer_jax.eval.vqa import normalize_answer
+from xformer_jax.predict import captions, inputs, rankings
 from xformer_jax.train import loop
 
 K_TEST = 3  # below the 8 images / 40 texts of the val split, so re-ranking leaves most pairs at -100
@@ -108,9 +109,9 @@ def test_caption_run_scores_the_text_after_the_prompt(runs, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     predictions = _load(out / "caption" / "predictions.json")
     assert len(predictions) == 8 and printed == _load(out / "caption" / "scores.json")
-    captioner = inference.Captioner.from_workdir(runs["stage2"], num_beams=2, max_new_tokens=3)
+    captioner = captions.Captioner.from_workdir(runs["stage2"], num_beams=2, max_new_tokens=3)
     images = [Image.open(data["root"] + "/" + e["image"]) for e in _load(data["caption_val"])]
-    assert [p["caption"] for p in predictions] == captioner.answer(images, [inference.CAPTION_PROMPT] * 8)
+    assert [p["caption"] for p in predictions] == captioner.answer(images, [captions.CAPTION_PROMPT] * 8)
 
 
 def test_retrieval_refuses_a_stage2_run(runs):
@@ -123,8 +124,8 @@ def test_retrieval_refuses_a_stage2_run(runs):
 def _reference_scores(config, model, params, entries, image_root, k_test):
     """ITC similarities from the model's paired retrieval pass, ITM logits of every (image, text) pair from
     the pixels, and LAVIS's re-ranking written out: (sims, scores_i2t, scores_t2i, text_to_image)."""
-    transform = inference.eval_transform(config.data)
-    pixels, mae_pixels = inference.eval_pixels(transform, [Image.open(f"{image_root}/{e['image']}") for e in entries])
+    transform = image_transform(config.data, train=False)
+    pixels, mae_pixels = inputs.pixels(transform, [Image.open(f"{image_root}/{e['image']}") for e in entries])
     texts = [c for e in entries for c in e["caption"]]
     text_to_image = np.repeat(np.arange(len(entries)), [len(e["caption"]) for e in entries])
     tokens = QFormerTokenizer(config.data.vocab_path or None, config.data.max_len)(
@@ -156,7 +157,7 @@ def _reference_scores(config, model, params, entries, image_root, k_test):
 def test_retrieval_with_itm_reranking_equals_a_brute_force_reference(runs, capsys):
     data, out = runs["paths"], runs["out"] / "retrieval"
     entries = _load(data["caption_val"])
-    retriever = retrieve.Retriever.from_workdir(runs["stage1"])
+    retriever = rankings.Retriever.from_workdir(runs["stage1"])
     sims, ref_i2t, ref_t2i, text_to_image = _reference_scores(retriever.config, retriever.model, retriever.params,
                                                               entries, data["root"], K_TEST)
     images = retriever.encode_images([Image.open(f"{data['root']}/{e['image']}") for e in entries])
@@ -169,12 +170,12 @@ def test_retrieval_with_itm_reranking_equals_a_brute_force_reference(runs, capsy
     evaluate.main(["retrieval", f"--workdir={runs['stage1']}", f"--images={data['caption_val']}",
                    f"--image_root={data['root']}", f"--out={out}", f"--k_test={K_TEST}", "--batch_size=8"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    reference = retrieval.recall_at_k(ref_i2t, ref_t2i, text_to_image)
+    reference = recall.recall_at_k(ref_i2t, ref_t2i, text_to_image)
     assert printed == _load(out / "scores.json")
     for key, value in reference.items():
         assert printed[key] == pytest.approx(value, abs=1e-9), key
-    assert printed["itc"] == pytest.approx(retrieval.retrieval_recall(sims, text_to_image))
-    rankings = _load(out / "rankings.json")
-    np.testing.assert_array_equal(rankings["i2t"], np.argsort(-ref_i2t, axis=1, kind="stable")[:, :10])
-    np.testing.assert_array_equal(rankings["t2i"], np.argsort(-ref_t2i, axis=1, kind="stable")[:, :10])
+    assert printed["itc"] == pytest.approx(recall.retrieval_recall(sims, text_to_image))
+    ranked = _load(out / "rankings.json")
+    np.testing.assert_array_equal(ranked["i2t"], np.argsort(-ref_i2t, axis=1, kind="stable")[:, :10])
+    np.testing.assert_array_equal(ranked["t2i"], np.argsort(-ref_t2i, axis=1, kind="stable")[:, :10])
     assert printed["num_images"] == 8 and printed["num_texts"] == 40

@@ -9,7 +9,6 @@ import os
 import pathlib
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -20,10 +19,11 @@ import hf_models
 from launch import convert as convert_cli
 from launch import export as export_cli
 from tiny import tiny_config, tiny_stage2_config
-from xformer_jax.convert import export as export_lib
+from xformer_jax import hf_export, rundir
 from xformer_jax.convert import safetensors_io
 from xformer_jax.data import bpe, synthetic
-from xformer_jax.inference import Captioner, restore_params
+from xformer_jax.predict.captions import Captioner
+from xformer_jax.predict.restore import restore_run
 from xformer_jax.train import build, checkpointing, loop
 from xformer_jax.torch import XFormerForConditionalGeneration, XFormerForImageTextRetrieval, from_pretrained
 
@@ -122,12 +122,11 @@ def test_converted_blip2_workdir_restores_and_matches_transformers(blip2_generat
     config = json.load(open(workdir / "config.json"))
     assert config["stage"] == "stage2" and config["model"]["fusion"]["kind"] == "blip2"
     assert config["hf"]["image_token_index"] == IMAGE_TOKEN
-    trainer = loop.make_trainer(ml_collections.ConfigDict(config), load_pretrained=False)
-    params = restore_params(trainer, str(workdir))
-    init_from = build.stage1_checkpoint_params(str(workdir))  # what config.init_from reads
+    _, model, params = restore_run(str(workdir))  # what evaluation restores: params only, sharded
+    init_from, _ = rundir.restore_params(str(workdir))  # what config.init_from reads: host arrays
     np.testing.assert_array_equal(np.asarray(init_from["llm_proj"]["kernel"]), np.asarray(params["llm_proj"]["kernel"]))
     pixels, text, ids = generation_inputs()
-    logits = stage2_logits(trainer.model)(params, pixels, text, np.ones_like(text))
+    logits = stage2_logits(model)(params, pixels, text, np.ones_like(text))
     with torch.no_grad():
         expected = reference(pixel_values=t(pixels), input_ids=t(ids)).logits.numpy()
     assert max_diff(logits, expected) < TOL
@@ -140,7 +139,7 @@ def test_converted_blip2_workdir_restores_and_matches_transformers(blip2_generat
 
 def test_sharded_bfloat16_export(blip2_generation, tmp_path):
     reference, workdir, _ = blip2_generation
-    report = export_lib.export(str(workdir / "checkpoints" / "0"), str(tmp_path), dtype="bfloat16",
+    report = hf_export.export(str(workdir / "checkpoints" / "0"), str(tmp_path), dtype="bfloat16",
                                max_shard_size="40KB")
     index = json.load(open(tmp_path / safetensors_io.INDEX_FILE))
     shards = sorted(set(index["weight_map"].values()))
@@ -190,7 +189,7 @@ def stage2_run(tmp_path_factory):
     config = tiny_stage2_config(root, tokenizer)
     config.total_steps, config.checkpoint_every = 2, 2
     loop.train(config, str(root / "run"))
-    report = export_lib.export(str(root / "run"), str(root / "export"))
+    report = hf_export.export(str(root / "run"), str(root / "export"))
     return root, report
 
 
@@ -228,11 +227,11 @@ def test_blip2_run_exports_for_transformers_processor_and_generate(stage2_run, t
     config.model.vision.update(kind="eva", hidden_act="gelu", layer_norm_eps=1e-6, feature_layer=-2)
     config.model.qformer.vision_layer_norm_eps = 1e-6
     trainer = loop.make_trainer(config, load_pretrained=False)
-    loop.save_config(config, str(tmp_path / "run"))
+    rundir.write_config(config, str(tmp_path / "run"))
     checkpoints = checkpointing.Checkpointer(str(tmp_path / "run"), config.checkpoint)
     checkpoints.save(0, trainer.state, force=True)
     checkpoints.close()
-    report = export_lib.export(str(tmp_path / "run"), str(tmp_path / "export"))
+    report = hf_export.export(str(tmp_path / "run"), str(tmp_path / "export"))
     assert report.export_format == "hf" and "processor_config.json" in report.files
     model = load_hf(T.Blip2ForConditionalGeneration, tmp_path / "export")
     processor = T.Blip2Processor.from_pretrained(str(tmp_path / "export"))
@@ -262,7 +261,7 @@ def stage1_per_layer(tmp_path_factory):
                                                        .astype(np.float32)}
               for k, v in trainer.state.params.items()}
     trainer.state = trainer.state.replace(params=params)
-    loop.save_config(config, str(root))
+    rundir.write_config(config, str(root))
     checkpoints = checkpointing.Checkpointer(str(root), config.checkpoint)
     checkpoints.save(0, trainer.state, force=True)
     checkpoints.close()
@@ -271,7 +270,7 @@ def stage1_per_layer(tmp_path_factory):
 
 def test_xformer_stage1_per_layer_fusion_matches_the_jax_model(stage1_per_layer):
     root, trainer = stage1_per_layer
-    export_lib.export(str(root / "checkpoints"), str(root / "export"))
+    hf_export.export(str(root / "checkpoints"), str(root / "export"))
     model = from_pretrained(str(root / "export"))
     assert isinstance(model, XFormerForImageTextRetrieval) and len(model.duals) == 1
     params = {**trainer.state.params, **trainer.state.frozen}

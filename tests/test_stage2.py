@@ -12,7 +12,8 @@ from PIL import Image
 
 from tiny import tiny_config, tiny_stage2_config
 from xformer_jax.data import bpe, pipeline, synthetic
-from xformer_jax.inference import Captioner
+from xformer_jax import rundir
+from xformer_jax.predict.captions import Captioner
 from xformer_jax import pretrain
 from xformer_jax.models import stage2
 from xformer_jax.train import build, loop
@@ -96,7 +97,7 @@ def test_stage1_checkpoint_hands_over_and_stage2_trains_and_generates(setup):
     workdir, tokenizer = setup
     stage1_dir, stage2_dir = workdir / "run1", workdir / "run2"
     loop.train(tiny_config(workdir), str(stage1_dir))
-    saved = build.stage1_checkpoint_params(str(stage1_dir))
+    saved, _ = rundir.restore_params(str(stage1_dir))
 
     config = tiny_stage2_config(workdir, tokenizer)
     config.init_from = str(stage1_dir)

@@ -26,18 +26,18 @@ from typing import Callable, Sequence
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
 
-from xformer_jax import inference, pretrain
+from xformer_jax import pretrain, rundir
 from xformer_jax.data import bpe, pipeline, synthetic
 from xformer_jax.data import config as data_config
 from xformer_jax.data.tokenizers import IGNORE_INDEX, LLMTokenizer
 from xformer_jax.data.transforms import clean_caption
 from xformer_jax.eval import attributes, probes
 from xformer_jax.eval.score import score
-from xformer_jax.inference import CAPTION_PROMPT, VQA_PROMPT, Captioner
 from xformer_jax.models import mae as mae_lib
 from xformer_jax.models import stage2, vit
+from xformer_jax.predict import inputs
+from xformer_jax.predict.captions import CAPTION_PROMPT, VQA_PROMPT, Captioner, caption_predictions, vqa_predictions
 from xformer_jax.train import build, loop
 
 SPEC = "spec.json"
@@ -124,7 +124,7 @@ def tower_probes(config: ml_collections.ConfigDict, paths: dict, towers: dict, b
             noise=mae_lib.identity_noise(x["mae_pixel_values"].shape[0], model_config.mae.num_patches),
         )["last_hidden_state"][:, 1:]),
     }
-    transform = inference.eval_transform(config.data)
+    transform = pipeline.image_transform(config.data, train=False)
 
     def features(splits):
         entries = [e for split in splits for e in split_images(paths, split)]
@@ -253,14 +253,6 @@ def _checkpoint_at_end(config: ml_collections.ConfigDict) -> None:
     config.optim.warmup_steps = min(config.optim.warmup_steps, max(steps // 5, 1))
 
 
-def _batches(entries: list, size: int):
-    """Batches of `size` (the last one filled with repeats, so every batch has one shape); yields
-    (entries, number of real ones)."""
-    for start in range(0, len(entries), size):
-        chunk = entries[start:start + size]
-        yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
-
-
 def split_images(paths: dict, split: str) -> list[dict]:
     """One caption entry per image of a split (its "image" and "image_id"), in file order."""
     return list({e["image_id"]: e for e in load_json(paths[f"caption_{split}"])}.values())
@@ -268,46 +260,24 @@ def split_images(paths: dict, split: str) -> list[dict]:
 
 def load_images(entries: Sequence[dict], root: str) -> list:
     """The RGB images of annotation entries ({"image": path relative to root})."""
-    return [Image.open(os.path.join(root, e["image"])).convert("RGB") for e in entries]
-
-
-def predict_vqa(captioner: Captioner, questions: list[dict], image_root: str, batch_size: int) -> list[dict]:
-    """[{"question_id", "answer"}] for LAVIS-format questions, with BLIP-2's VQA prompt; every prompt is
-    padded to the longest, so decoding compiles once."""
-    captioner.prompt_width = 1 + max(len(captioner.tokenizer.encode(VQA_PROMPT.format(e["question"])))
-                                     for e in questions)
-    predictions = []
-    for batch, real in _batches(questions, batch_size):
-        answers = captioner.vqa(load_images(batch, image_root), [e["question"] for e in batch])
-        predictions += [{"question_id": e["question_id"], "answer": a} for e, a in zip(batch[:real], answers)]
-    return predictions
-
-
-def predict_captions(captioner: Captioner, images: list[dict], image_root: str, batch_size: int) -> list[dict]:
-    """[{"image_id", "caption"}]: the text generated after the "a photo of" prompt, as LAVIS scores it."""
-    predictions = []
-    captioner.prompt_width = 0
-    for batch, real in _batches(images, batch_size):
-        texts = captioner.answer(load_images(batch, image_root), [CAPTION_PROMPT] * len(batch))
-        predictions += [{"image_id": int(e["image_id"]), "caption": t} for e, t in zip(batch[:real], texts)]
-    return predictions
+    return inputs.load_images([os.path.join(root, e["image"]) for e in entries])
 
 
 def evaluate(stage2_dir: str, paths: dict, out_dir: str, budget: Budget, split: str = "val") -> dict:
     """Zero-shot VQA (accuracy per question type) and captioning (CIDEr-D, BLEU-4) of a stage-2 run on a
     synthetic split, scored by `eval.score` from the official-format files it writes to out_dir:
     vqa_predictions.json, caption_predictions.json and scores.json (reused when the run is unchanged)."""
-    spec = {"run": load_json(os.path.join(stage2_dir, "config.json")), "split": split, "num_beams": budget.num_beams}
+    spec = {"run": _as_json(rundir.read_config(stage2_dir)), "split": split, "num_beams": budget.num_beams}
     if _reusable(out_dir, spec, ["scores.json", "vqa_predictions.json", "caption_predictions.json"]):
         return load_json(os.path.join(out_dir, "scores.json"))
     os.makedirs(out_dir, exist_ok=True)
     captioner = Captioner.from_workdir(stage2_dir, num_beams=budget.num_beams, max_new_tokens=4)
     vqa_path, caption_path = (os.path.join(out_dir, f"{t}_predictions.json") for t in ("vqa", "caption"))
     questions = load_json(paths[f"vqa_{split}"])
-    _write_json(vqa_path, predict_vqa(captioner, questions, paths["root"], budget.eval_batch_size))
+    _write_json(vqa_path, vqa_predictions(captioner, questions, paths["root"], budget.eval_batch_size))
     captioner.max_new_tokens = 32
-    _write_json(caption_path, predict_captions(captioner, load_json(paths[f"caption_{split}"]), paths["root"],
-                                               budget.eval_batch_size))
+    _write_json(caption_path, caption_predictions(captioner, load_json(paths[f"caption_{split}"]), paths["root"],
+                                                  budget.eval_batch_size))
     scores = {"vqa": score("vqav2", vqa_path, paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"]),
               "caption": score("coco_caption", caption_path, paths[f"caption_{split}_gt"]),
               "attributes": caption_attributes(paths, load_json(caption_path))}
@@ -461,10 +431,15 @@ def _finished(state, config: ml_collections.ConfigDict, workdir: str):
 
 def _check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """loop.train resumes whatever workdir holds: refuse a workdir that a different config trained."""
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path) and load_json(path) != json.loads(config.to_json_best_effort()):
+    path = os.path.join(workdir, rundir.CONFIG_FILE)
+    if os.path.exists(path) and _as_json(rundir.read_config(workdir)) != _as_json(config):
         raise ValueError(f"{path} was written by a different config (other sizes, steps or pretrained parts); "
                          "delete that directory or choose another workdir")
+
+
+def _as_json(config: ml_collections.ConfigDict):
+    """A config as the plain JSON value config.json holds (what two configs are compared by)."""
+    return json.loads(config.to_json_best_effort())
 
 
 class Timer:

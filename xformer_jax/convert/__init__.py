@@ -2,9 +2,10 @@
 
 `from_hf(hf_dir)` reads a directory written by transformers' `save_pretrained` (config.json plus
 model.safetensors or a sharded index) and returns a module whose `apply` takes HF input names and
-layouts and returns HF output field names. `workdir.convert` turns a whole BLIP-2 directory into a
-workdir (config.json + checkpoint) and a component into a params file; `export.export` writes a
-checkpoint back as transformers / xformer_jax.torch safetensors (launch/convert.py, launch/export.py).
+layouts and returns HF output field names. This package knows formats only (it imports the models, nothing
+above): `xformer_jax.hf_import` turns a whole BLIP-2 directory into a run directory and a component into a
+params file, `xformer_jax.hf_export` writes a run's checkpoint back as transformers / xformer_jax.torch
+safetensors (launch/convert.py, launch/export.py).
 """
 from xformer_jax.convert.hf import SUPPORTED_ARCHITECTURES, LoadReport, from_hf, load_hf
 from xformer_jax.convert.mapping import CheckpointMismatch

@@ -83,13 +83,18 @@ def collate(elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
             for key in elements[0]}
 
 
-def _examples(data, source, tokenizer, train: bool) -> Examples:
-    transform = ImageTransform(
+def image_transform(data: ml_collections.ConfigDict, train: bool) -> ImageTransform:
+    """config.data's preprocessing: training crops (and flips); evaluation and prediction resize the whole image."""
+    return ImageTransform(
         image_size=data.image_size, mae_image_size=data.mae_image_size or data.image_size,
         clip_mean=tuple(data.clip_mean), clip_std=tuple(data.clip_std),
         mae_mean=tuple(data.mae_mean), mae_std=tuple(data.mae_std),
         train=train, scale=data_config.crop_scale(data), flip=data_config.flip_enabled(data))
-    return Examples(source, transform, tokenizer or make_tokenizer(data), data.max_words, data.prompt)
+
+
+def _examples(data, source, tokenizer, train: bool) -> Examples:
+    return Examples(source, image_transform(data, train), tokenizer or make_tokenizer(data), data.max_words,
+                    data.prompt)
 
 
 def _with_workers(ds: grain.IterDataset, data: ml_collections.ConfigDict) -> grain.IterDataset:

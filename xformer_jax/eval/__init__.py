@@ -2,5 +2,5 @@
 
 They read no network, torch or jax, so scores can be computed (and tested) anywhere:
 `vqa` (VQAv2 / OK-VQA), `gqa`, `counting` (GVTBench), `caption` (COCO CIDEr-D / BLEU-4),
-`retrieval` (R@K with optional ITM re-ranking) and `score.score`, the file-level entry point.
+`recall` (retrieval R@K with optional ITM re-ranking) and `score.score`, the file-level entry point.
 """

@@ -27,6 +27,8 @@ import ml_collections
 import numpy as np
 from flax import serialization, traverse_util
 
+from xformer_jax.convert import from_hf, load_hf
+from xformer_jax.convert.hf import read_config
 from xformer_jax.models import fusion, llama, mae, opt, qformer, stage2, vit, xformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -67,7 +69,6 @@ def checkpoint_field_values(section: ml_collections.ConfigDict, name: str) -> di
     path = checkpoint_dir(section, dir_key) if unset else ""
     if not path:
         return {}
-    from xformer_jax.convert.hf import read_config  # json only
     loaded = read_config(path)
     return {f: loaded[f] for f in unset if f in loaded}
 
@@ -181,8 +182,6 @@ def init_fn(model: xformer.Stage1Model, config: xformer.Stage1Config):
 
 def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage1Config) -> dict:
     """{top-level param name: numpy params} for every component configured with weights on disk."""
-    from xformer_jax.convert import from_hf, load_hf  # numpy only; imported here to keep start-up light
-
     parts = {}
     for name in ("vision", "mae", "llm"):
         if name in model_cfg and model_cfg[name].get("params_file") and model_cfg[name].get("hf_dir"):
@@ -218,26 +217,6 @@ def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage
     return parts
 
 
-def stage1_checkpoint_params(path: str) -> dict:
-    """Every param (trainable and frozen) of the newest stage-1 checkpoint in a workdir or
-    checkpoints directory, restored as host arrays: what stage 2 starts from."""
-    import orbax.checkpoint as ocp
-    directory = path if os.path.basename(os.path.normpath(path)) == "checkpoints" else os.path.join(path, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"config.init_from: no checkpoints directory at {directory}")
-    from xformer_jax.train import checkpointing
-    with ocp.CheckpointManager(directory, item_handlers=checkpointing.item_handlers()) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"config.init_from: no finalized checkpoint in {directory}")
-        metadata = manager.item_metadata(step)[checkpointing.STATE]
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata.tree)
-        items = {checkpointing.STATE: ocp.args.StandardRestore(target)}
-        state = manager.restore(step, args=ocp.args.Composite(**items))[checkpointing.STATE]
-    logging.info("stage-1 weights from %s step %d", directory, step)
-    return {**state["params"], **state["frozen"]}
-
-
 def save_params(path: str, params) -> None:
     """Flax params as msgpack, written atomically (a crash never leaves half a file)."""
     tmp = path + ".tmp"
@@ -257,7 +236,6 @@ def load_params(path: str, key: str) -> dict:
 
 
 def _vision_component(hf_dir: str):
-    from xformer_jax.convert.hf import read_config
     names = read_config(hf_dir).get("architectures") or []
     return "vision" if any(n.startswith(("Blip2", "CLIPModel")) and n != "Blip2VisionModel" for n in names) else None
 

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state (and the grain iterator position) under WORKDIR/checkpoints/.
+"""Training's writer and resumer of the orbax checkpoints under WORKDIR/checkpoints/ (the layout and the
+params-only reading are `xformer_jax.rundir`'s).
 
 * Crash-safe: orbax writes each step into a temporary directory and renames it only once every
   process has finished (finalize); `latest_step` sees finalized steps only, and leftover temporary
@@ -17,7 +18,7 @@ import grain
 import ml_collections
 import orbax.checkpoint as ocp
 
-STATE, DATA_ITER = "state", "data_iter"
+from xformer_jax.rundir import DATA_ITER, STATE, checkpoints_dir, item_handlers
 
 
 def default_checkpoint_config() -> ml_collections.ConfigDict:
@@ -27,12 +28,6 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     c.max_to_keep = 3  # newest N kept; None keeps all
     c.async_save = True  # write in a background thread while training continues
     return c
-
-
-def item_handlers() -> dict:
-    """The handlers of both items: a manager that reads only the state still needs both, or orbax warns
-    that it found an item it cannot restore."""
-    return {STATE: ocp.StandardCheckpointHandler(), DATA_ITER: grain.checkpoint.CheckpointHandler()}
 
 
 class Checkpointer:
@@ -45,7 +40,7 @@ class Checkpointer:
         keep = ckpt_config.max_to_keep
         if keep is not None and (not isinstance(keep, int) or keep < 1):
             raise ValueError(f"config.checkpoint.max_to_keep={keep!r} must be a positive int or None")
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = checkpoints_dir(workdir)
         policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
             # No InitialSavePolicy (orbax's default would also write the first step of every run).

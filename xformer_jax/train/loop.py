@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -22,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from xformer_jax import rundir
 from xformer_jax.data import pipeline
 from xformer_jax.data.sharding import to_global_batch
 from xformer_jax.models import xformer
@@ -76,9 +76,10 @@ def _cast_frozen(frozen, dtype_name: str):
 
 
 @dataclasses.dataclass
-class Blueprint:
-    """Everything about a run that needs no weights: what make_trainer fills in and launch/plan.py
-    compiles abstractly."""
+class ModelLayout:
+    """The configured model laid out on the mesh, before any weight exists: the model, its init and the
+    sharding of every param. make_trainer fills it with weights and an optimizer, `predict.restore` with a
+    checkpoint's params, and launch/plan.py compiles it with abstract arrays."""
     mesh: Any
     rules: Any
     model_config: Any
@@ -87,7 +88,7 @@ class Blueprint:
     param_shardings: Any
 
 
-def blueprint(config: ml_collections.ConfigDict, devices: Optional[Sequence[jax.Device]] = None) -> Blueprint:
+def model_layout(config: ml_collections.ConfigDict, devices: Optional[Sequence[jax.Device]] = None) -> ModelLayout:
     validate(config)
     mesh = partitioning.make_mesh(config.mesh, devices)
     rules = partitioning.logical_rules(config.mesh)
@@ -97,30 +98,30 @@ def blueprint(config: ml_collections.ConfigDict, devices: Optional[Sequence[jax.
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract = jax.eval_shape(init, jax.random.key(config.seed))
         shardings = partitioning.param_shardings(abstract, mesh, rules)
-    return Blueprint(mesh, rules, model_config, model, init, shardings)
+    return ModelLayout(mesh, rules, model_config, model, init, shardings)
 
 
-def state_and_step(config: ml_collections.ConfigDict, plan: Blueprint, params) -> tuple[Callable, Any, Callable, Callable]:
+def state_and_step(config: ml_collections.ConfigDict, layout: ModelLayout, params) -> tuple[Callable, Any, Callable, Callable]:
     """(create(trainable, frozen, rng) -> TrainState, state shardings, jitted step, loss_fn) for `params`
     (real or abstract, unboxed)."""
-    frozen_names = plan.model_config.frozen_collections
+    frozen_names = layout.model_config.frozen_collections
     trainable, frozen = xformer.split_params(params, frozen_names)
-    trainable_sh, frozen_sh = xformer.split_params(plan.param_shardings, frozen_names)
+    trainable_sh, frozen_sh = xformer.split_params(layout.param_shardings, frozen_names)
     tx = optimizer.make_optimizer(config.optim, config.total_steps)
     schedule = optimizer.lr_schedule(config.optim, config.total_steps)
     create = functools.partial(TrainState.create, tx=tx)
     abstract_state = jax.eval_shape(create, trainable, frozen, jax.random.key(config.seed))
-    sharding = state_shardings(abstract_state, trainable_sh, frozen_sh, plan.mesh)
+    sharding = state_shardings(abstract_state, trainable_sh, frozen_sh, layout.mesh)
     if config.stage == "stage2":
-        loss_fn = steps.make_stage2_loss(plan.model)
+        loss_fn = steps.make_stage2_loss(layout.model)
     else:
-        loss_fn = steps.make_stage1_loss(plan.model, config.loss, plan.mesh)
-    loss_fn = partitioning.with_logical_rules(loss_fn, plan.mesh, plan.rules)
+        loss_fn = steps.make_stage1_loss(layout.model, config.loss, layout.mesh)
+    loss_fn = partitioning.with_logical_rules(loss_fn, layout.mesh, layout.rules)
     step = partitioning.with_logical_rules(steps.make_train_step(loss_fn, tx, schedule, config.optim.accum_steps),
-                                           plan.mesh, plan.rules)
-    batch_sh = partitioning.batch_sharding(plan.mesh)
+                                           layout.mesh, layout.rules)
+    batch_sh = partitioning.batch_sharding(layout.mesh)
     step_fn = jax.jit(step, in_shardings=(sharding, batch_sh),
-                      out_shardings=(sharding, partitioning.replicated(plan.mesh)), donate_argnums=(0,))
+                      out_shardings=(sharding, partitioning.replicated(layout.mesh)), donate_argnums=(0,))
     return create, sharding, step_fn, loss_fn
 
 
@@ -129,33 +130,25 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     """The sharded initial state (pretrained components merged) and the jitted step.
 
     `devices` (default: all) are the devices the mesh spans, e.g. `jax.devices()[:1]`."""
-    plan = blueprint(config, devices)
+    layout = model_layout(config, devices)
     rng = jax.random.key(config.seed)
     pretrained = {}
     if load_pretrained:
-        pretrained.update(build.pretrained_parts(config.model, plan.model_config))
+        pretrained.update(build.pretrained_parts(config.model, layout.model_config))
         if config.get("init_from"):  # the stage-1 run's towers and Q-Former win over config.model's sources
-            pretrained.update(build.stage1_checkpoint_params(config.init_from))
-    with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
-        params = partitioning.init_sharded(plan.init, plan.param_shardings, rng)
+            try:
+                pretrained.update(rundir.restore_params(config.init_from)[0])
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"config.init_from={config.init_from!r}: {e}") from None
+    with jax.set_mesh(layout.mesh), nn.logical_axis_rules(layout.rules):
+        params = partitioning.init_sharded(layout.init, layout.param_shardings, rng)
     params = build.merge_pretrained(params, pretrained)
-    frozen_names = plan.model_config.frozen_collections
+    frozen_names = layout.model_config.frozen_collections
     params = {k: _cast_frozen(v, config.model.frozen_dtype) if k in frozen_names else v for k, v in params.items()}
-    create, sharding, step_fn, loss_fn = state_and_step(config, plan, params)
+    create, sharding, step_fn, loss_fn = state_and_step(config, layout, params)
     trainable, frozen = xformer.split_params(params, frozen_names)
     state = jax.jit(create, out_shardings=sharding)(trainable, frozen, rng)
-    return Trainer(config, plan.mesh, plan.model, state, sharding, step_fn, loss_fn)
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """WORKDIR/config.json: what evaluation, generation and export rebuild the model from."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    return Trainer(config, layout.mesh, layout.model, state, sharding, step_fn, loss_fn)
 
 
 def check_finite(step: int, metrics: dict) -> None:
@@ -185,7 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
-    save_config(build.with_checkpoint_fields(config, trainer.model.config), workdir)
+    rundir.write_config(build.with_checkpoint_fields(config, trainer.model.config), workdir)
     try:
         data_iter = pipeline.make_train_iterator(config)
         state = trainer.state

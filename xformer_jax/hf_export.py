@@ -22,12 +22,15 @@ from typing import Optional
 
 import numpy as np
 from flax import traverse_util
+from tokenizers import Tokenizer, processors
 
-from xformer_jax.convert import mapping, safetensors_write, stage as stage_lib, tables, workdir
-from xformer_jax.models import stage2
+from xformer_jax import rundir
+from xformer_jax.convert import mapping, safetensors_write, stage as stage_lib, tables
+from xformer_jax.data.tokenizers import LLMTokenizer
+from xformer_jax.train import build
 
 FORMATS = ("auto", "hf", "xformer")
-CAPTION_DECODING = {"num_beams": 5, "max_new_tokens": 20, "min_new_tokens": 1}  # inference.Captioner's defaults
+CAPTION_DECODING = {"num_beams": 5, "max_new_tokens": 20, "min_new_tokens": 1}  # predict.captions.Captioner's defaults
 
 
 @dataclasses.dataclass
@@ -81,7 +84,6 @@ def _tokenizer(config):
     path = config.data.get("llm_tokenizer_path") if "data" in config else None
     if not path or not os.path.exists(path):
         return None
-    from xformer_jax.data.tokenizers import LLMTokenizer
     data = config.data
     return LLMTokenizer(path, data.max_txt_len, data.prompt, data.llm_bos_token, data.llm_pad_token)
 
@@ -135,8 +137,6 @@ def _generation_config(model_config, tokenizer, suppress: Optional[int]) -> dict
 def _tokenizer_files(config, out: str, tokenizer, export_format: str, model_config) -> list[str]:
     """tokenizer.json (+ a tokenizer_config.json for AutoTokenizer) and, for hf, Blip2Processor's
     settings: the number of image tokens and BlipImageProcessor's resize / normalisation."""
-    from tokenizers import Tokenizer, processors
-
     data = config.data
     fast = Tokenizer.from_file(config.data.llm_tokenizer_path)
     if fast.post_processor is None:  # the run prepends bos itself (LLMTokenizer); transformers' tokenizer must too
@@ -167,13 +167,12 @@ def export(source: str, out: str, *, export_format: str = "auto", dtype: str = "
            max_shard_size="5GB") -> ExportReport:
     """Export the checkpoint `source` (a workdir: its newest step; its checkpoints/; or one step
     directory) to the directory `out`. See the module docstring for the formats."""
-    from xformer_jax.train import build
-
     safetensors_write.check_dtype(dtype)
     safetensors_write.parse_size(max_shard_size)
     if export_format not in FORMATS:
         raise ValueError(f"export format {export_format!r} is not one of {FORMATS}")
-    config, params, step = workdir.load_checkpoint(source)
+    params, checkpoint = rundir.restore_params(source)
+    config, step = rundir.read_config(checkpoint.workdir), checkpoint.step
     model_config = build.model_config(config)
     export_format = resolve_format(model_config, export_format)
     stage = stage_lib.stage_of(model_config)

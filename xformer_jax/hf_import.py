@@ -1,13 +1,11 @@
-"""Workdirs both ways.
+"""Hugging Face directories -> what a run reads (launch/convert.py; the way back is `hf_export`).
 
   write_workdir(hf_dir, out)   a transformers BLIP-2 directory (Blip2ForImageTextRetrieval or
-                               Blip2ForConditionalGeneration with a decoder LLM) -> OUT/config.json +
-                               OUT/checkpoints/0: what `config.init_from`, `Captioner.from_workdir`,
-                               launch/evaluate.py and export read
+                               Blip2ForConditionalGeneration with a decoder LLM) -> a run directory
+                               (`rundir`: OUT/config.json + OUT/checkpoints/0): what `config.init_from`,
+                               `predict`, launch/evaluate.py and export read
   write_component(hf_dir, out) a component directory (CLIP / EVA vision, ViTMAE, OPT / LLaMA) -> a params
                                file for `config.model.<part>.params_file` and the config keys to set
-  load_checkpoint(path)        a workdir (its newest step), its checkpoints/ or one step directory ->
-                               (config, params, step), params read as host NumPy arrays, no optimizer state
 """
 import dataclasses
 import json
@@ -16,12 +14,16 @@ import os
 import shutil
 from typing import Optional
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from xformer_jax import rundir
 from xformer_jax.convert import hf, stage as stage_lib
+from xformer_jax.models import qformer, xformer
+from xformer_jax.train import build, checkpointing, loop
 
 # Whole models: (load_hf component, stage).
 WHOLE_MODELS = {"Blip2ForImageTextRetrieval": (None, "stage1"), "Blip2ForConditionalGeneration": ("stage2", "stage2")}
@@ -108,16 +110,11 @@ def _image_settings(hf_dir: str, config: ml_collections.ConfigDict) -> None:
 def save_initial_checkpoint(config: ml_collections.ConfigDict, params: dict, out: str) -> None:
     """OUT/config.json and OUT/checkpoints/0: the TrainState a run of `config` would start from,
     holding `params` (every param of the model, as NumPy or JAX arrays) and a fresh optimizer state."""
-    import flax.linen as nn
-
-    from xformer_jax.models import xformer
-    from xformer_jax.train import build, checkpointing, loop
-
-    plan = loop.blueprint(config)
-    with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
-        boxed = jax.eval_shape(plan.init, jax.random.key(config.seed))
+    layout = loop.model_layout(config)
+    with jax.set_mesh(layout.mesh), nn.logical_axis_rules(layout.rules):
+        boxed = jax.eval_shape(layout.init, jax.random.key(config.seed))
     want = traverse_util.flatten_dict(nn.unbox(boxed), sep="/")
-    shardings = traverse_util.flatten_dict(plan.param_shardings, sep="/")
+    shardings = traverse_util.flatten_dict(layout.param_shardings, sep="/")
     have = traverse_util.flatten_dict(params, sep="/")
     problems = [f"missing {p} {want[p].shape}" for p in sorted(set(want) - set(have))]
     problems += [f"unexpected {p}" for p in sorted(set(have) - set(want))]
@@ -126,7 +123,7 @@ def save_initial_checkpoint(config: ml_collections.ConfigDict, params: dict, out
     if problems:
         raise ValueError(f"params do not match the model the config describes ({len(problems)} problems): "
                          + "; ".join(problems[:10]))
-    frozen_names = plan.model_config.frozen_collections
+    frozen_names = layout.model_config.frozen_collections
     frozen_dtype = build.dtype_of(config.model.frozen_dtype, "config.model.frozen_dtype")
     placed = {}
     for path, sharding in shardings.items():
@@ -135,10 +132,10 @@ def save_initial_checkpoint(config: ml_collections.ConfigDict, params: dict, out
             value = value.astype(np.dtype(frozen_dtype))
         placed[path] = jax.device_put(value, sharding)
     params = traverse_util.unflatten_dict(placed, sep="/")
-    create, shardings, _, _ = loop.state_and_step(config, plan, params)
+    create, shardings, _, _ = loop.state_and_step(config, layout, params)
     trainable, frozen = xformer.split_params(params, frozen_names)
     state = jax.jit(create, out_shardings=shardings)(trainable, frozen, jax.random.key(config.seed))
-    loop.save_config(config, out)
+    rundir.write_config(config, out)
     checkpoints = checkpointing.Checkpointer(out, config.checkpoint)
     try:
         checkpoints.save(0, state, force=True)
@@ -202,8 +199,6 @@ def write_component(hf_dir: str, out: str) -> ConvertReport:
     """A component directory -> OUT/<part>.msgpack (`build.save_params`) for config.model.<part>.params_file,
     and the config keys whose values must match it. A BERT directory needs no conversion: the
     Q-Former reads it through config.model.qformer.bert_dir."""
-    from xformer_jax.train import build
-
     config_path = os.path.join(hf_dir, "config.json")
     name = hf.architecture(hf.read_config(hf_dir), config_path)
     if name not in COMPONENTS:
@@ -211,7 +206,6 @@ def write_component(hf_dir: str, out: str) -> ConvertReport:
                          f"BLIP-2 models ({sorted(WHOLE_MODELS)}) become workdirs")
     part, component = COMPONENTS[name]
     if part == "qformer":
-        from xformer_jax.models import qformer
         fields = dataclasses.asdict(qformer.config_from_hf(hf.read_config(hf_dir)))
         keys = [f"--config.model.qformer.bert_dir={os.path.abspath(hf_dir)}"]
         keys += _config_flags("qformer", {k: fields[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
@@ -249,61 +243,3 @@ def convert(hf_dir: str, out: str, base_config: Optional[ml_collections.ConfigDi
     if name in WHOLE_MODELS:
         return write_workdir(hf_dir, out, base_config, overwrite)
     return write_component(hf_dir, out)
-
-
-# ------------------------------------------------------------------------------------------------
-# Reading checkpoints back
-# ------------------------------------------------------------------------------------------------
-
-def _is_step_dir(path: str) -> bool:
-    return os.path.basename(path).isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints"
-
-
-def resolve_checkpoint(path: str) -> tuple[str, str, int]:
-    """(workdir, step directory, step) for a workdir (its newest finalized step), its checkpoints/
-    directory, or one step directory (WORKDIR/checkpoints/N)."""
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if _is_step_dir(path):
-        if not os.path.isdir(os.path.join(path, "state")):
-            raise FileNotFoundError(f"{path} is not a finished checkpoint (no state/ inside)")
-        return os.path.dirname(os.path.dirname(path)), path, int(os.path.basename(path))
-    directory = path if os.path.basename(path) == "checkpoints" else os.path.join(path, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{path} is neither a workdir (with checkpoints/), a checkpoints directory nor a "
-                                "step directory WORKDIR/checkpoints/N")
-    import orbax.checkpoint as ocp
-    with ocp.CheckpointManager(directory) as manager:
-        step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no finalized checkpoint in {directory}")
-    return os.path.dirname(directory), os.path.join(directory, str(step)), step
-
-
-def load_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict, int]:
-    """(config of the run, every param (trainable and frozen) as host NumPy arrays, step)."""
-    import orbax.checkpoint as ocp
-
-    workdir, step_dir, step = resolve_checkpoint(path)
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: the checkpoint's workdir must hold the run's config.json")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    from etils import epath
-
-    state_dir = epath.Path(step_dir) / "state"
-    handler = ocp.PyTreeCheckpointHandler()
-    try:
-        tree = handler.metadata(state_dir).tree
-        if not {"params", "frozen"} <= set(tree):
-            raise ValueError(f"{state_dir} is not a train state checkpoint (has {sorted(tree)})")
-        wanted = {k: tree[k] for k in ("params", "frozen")}
-        item = jax.tree.map(lambda _: np.zeros((), np.float32), wanted)
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-        restored = handler.restore(state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                                                          partial_restore=True))
-    finally:
-        handler.close()
-    return config, {**restored["params"], **restored["frozen"]}, step
