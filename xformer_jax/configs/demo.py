@@ -10,7 +10,7 @@ tokenizer is a byte-level BPE trained on the synthetic text (`xformer_jax.data.b
 """
 import ml_collections
 
-from configs import common
+from xformer_jax.configs import common
 
 
 VARIANTS = ("stage1", "stage2")
@@ -52,10 +52,9 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     if arg == "stage2":
         config.stage = "stage2"
         # A small OPT laid out like the real ones (pre-LN, tied head, </s> = 2 as bos, <pad> = 1).
-        config.model.llm = ml_collections.ConfigDict(dict(
-            kind="opt", hf_dir="", params_file="", vocab_size=512, hidden_size=256, num_hidden_layers=4,
-            ffn_dim=1024, num_attention_heads=8, max_position_embeddings=128, pad_token_id=1, bos_token_id=2,
-            eos_token_id=2))
+        config.model.llm.update(kind="opt", vocab_size=512, hidden_size=256, num_hidden_layers=4, ffn_dim=1024,
+                                num_attention_heads=8, max_position_embeddings=128, pad_token_id=1, bos_token_id=2,
+                                eos_token_id=2)
         config.data.update(llm_tokenizer_path="workdir/llm/tokenizer.json", max_txt_len=32, prompt="")
         config.total_steps = 800
         config.eval_every = 400

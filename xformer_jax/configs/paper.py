@@ -21,7 +21,7 @@ as the paper) and derives total_steps = ceil(epochs * dataset_size / batch_size)
 """
 import ml_collections
 
-from configs import common
+from xformer_jax.configs import common
 
 NUM_PAIRS = 14_000_000  # COCO + VG + CC3M + CC12M + SBU (REFERENCE.md §1)
 STAGE1_EPOCHS, STAGE2_EPOCHS = 9, 1  # the paper's stage 1 and stage 2
