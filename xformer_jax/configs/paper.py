@@ -104,9 +104,9 @@ def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections
     config.init_from = ""  # the stage-1 workdir
     config.batch_size = 1920
     config.epochs = STAGE2_EPOCHS
-    config.model.llm = ml_collections.ConfigDict(dict(
+    config.model.llm.update(
         kind="opt", hf_dir="", params_file="", remat=False,  # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
-        vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2, eos_token_id=2, **opt_size))
+        vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2, eos_token_id=2, **opt_size)
     config.data.update(llm_tokenizer_path="", max_txt_len=32, prompt="")  # tokenizer.json of the same OPT
     config.optim.update(warmup_steps=2000)
     return config
