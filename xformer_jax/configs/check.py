@@ -1,6 +1,6 @@
 """A config against the base config's keys and types: one check at start-up, naming the key.
 
-Every key must be one the base config has (configs/common.py; config.model.llm: the keys of its
+Every key must be one the base config has (xformer_jax/configs/common.py; config.model.llm: the keys of its
 `kind`'s dataclass), and every value the type the key holds: an int where a float is expected is
 fine, as are a list for a tuple and None (unset) anywhere.
 """
