@@ -14,6 +14,7 @@ every part. CHECKPOINT_FIELDS default to None (unset): they follow the checkpoin
 from (train/build.py).
 """
 import dataclasses
+import types
 import typing
 from typing import Any
 
@@ -54,9 +55,13 @@ def stage2_scalars() -> list[str]:
 def _value(cls, field: dataclasses.Field, unset: bool):
     """The field's default as a ConfigDict value whose type is the field's (None defaults typed too)."""
     hint = typing.get_type_hints(cls)[field.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    kind = object if hint is Any else args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
-    default = None if unset else field.default
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):  # Optional[X] holds X or None; other unions anything
+        kind = args[0] if len(args) == 1 else object
+    else:
+        kind = object if hint is Any else origin or hint  # tuple[int, ...] -> tuple
+    factory = field.default_factory
+    default = None if unset else factory() if factory is not dataclasses.MISSING else field.default
     if kind is object or default is None:
         return config_dict.FieldReference(default, field_type=kind)
     return kind(default) if kind is float else default
