@@ -81,7 +81,8 @@ def test_the_check_takes_the_llm_keys_of_its_kind():
     config.model.llm = llm_defaults("llama")
     check.check(config)  # LLaMA's keys, not OPT's
     config.model.llm.ffn_dim = 64
-    with pytest.raises(ValueError, match="config.model.llm.ffn_dim is not a config key"):
+    with pytest.raises(ValueError, match=r"config.model.llm.ffn_dim is not a config key.*\(config.model.llm holds "
+                                         r"the fields of LlamaConfig, as config.model.llm.kind='llama'\)"):
         check.check(config)
 
 

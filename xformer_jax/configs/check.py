@@ -16,9 +16,15 @@ def check(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first key of `config` the base lacks or whose value has another type."""
     base = common.base_config()
     llm = config.get("model", {}).get("llm", None)
-    if isinstance(llm, ml_collections.ConfigDict):
-        base.model.llm = config_sections.llm_defaults(llm.get("kind", "opt"))
-    _check_section(config, base, "config")
+    kind = llm.get("kind", "opt") if isinstance(llm, ml_collections.ConfigDict) else "opt"
+    base.model.llm = config_sections.llm_defaults(kind)
+    try:
+        _check_section(config, base, "config")
+    except ValueError as e:
+        if not str(e).startswith("config.model.llm."):
+            raise
+        raise ValueError(f"{e} (config.model.llm holds the fields of {config_sections.LLM_KINDS[kind].__name__}, "
+                         f"as config.model.llm.kind={kind!r})") from None
 
 
 def _check_section(section: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, key: str) -> None:

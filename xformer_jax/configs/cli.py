@@ -73,6 +73,9 @@ def parse(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[
 
 
 def checked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config` after check.check (a ValueError naming the key otherwise)."""
-    check.check(config)
+    """`config` once check.check passes; otherwise the script exits with its message, which names the key."""
+    try:
+        check.check(config)
+    except ValueError as e:
+        raise SystemExit(f"FATAL config error: {e}") from None
     return config
