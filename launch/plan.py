@@ -53,9 +53,6 @@ def _force_cpu_devices(n: int) -> None:
 if __name__ == "__main__":
     _force_cpu_devices(_devices_from_argv(sys.argv))
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -68,8 +65,8 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+from xformer_jax.configs import cli  # noqa: E402
 from xformer_jax.models import xformer  # noqa: E402
 from xformer_jax.train import loop, partitioning  # noqa: E402
 
@@ -249,7 +246,7 @@ def table(result: dict) -> str:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/paper.py:stage1.", lock_config=True)
+CONFIG = cli.define_config("e.g. configs/paper.py:stage1")
 flags.DEFINE_integer("devices", 8, "Number of simulated devices (the mesh spans all of them).")
 flags.DEFINE_float("hbm_gib", 32.0, "Memory per chip the peak estimate is compared with (GiB).")
 flags.DEFINE_bool("fast_compile", True, "Skip LLVM optimisation of the (never run) CPU code; same figures, "
@@ -264,7 +261,7 @@ def main(argv):
         raise SystemExit(f"JAX sees {jax.device_count()} devices, not --devices={FLAGS.devices}: start the "
                          "script directly (it sets XLA_FLAGS before importing JAX)")
     try:
-        result = plan(FLAGS.config, FLAGS.hbm_gib, FLAGS.fast_compile)
+        result = plan(cli.checked(CONFIG.value), FLAGS.hbm_gib, FLAGS.fast_compile)
     except ValueError as e:
         raise SystemExit(f"plan: {e}")
     print(table(result))
@@ -272,4 +269,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from configs import paper
 from launch import gpu_cluster, tpu_vm
+from xformer_jax.configs import paper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1024 ** 3
@@ -23,6 +23,13 @@ def _plan(*flags):
     proc = subprocess.run([sys.executable, "launch/plan.py", "--config=configs/demo.py:stage1", *flags],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     return proc
+
+
+def test_plan_names_an_unknown_override_key():
+    proc = _plan("--devices=1", "--config.model.fusion.layer_norm_ep=1e-6")
+    assert proc.returncode != 0
+    assert ("--config.model.fusion.layer_norm_ep: config.model.fusion has no key 'layer_norm_ep'; did you mean "
+            "config.model.fusion.layer_norm_eps?") in proc.stderr
 
 
 def test_plan_prints_memory_and_flops_for_a_simulated_mesh():
@@ -62,8 +69,10 @@ def test_paper_config_variants():
 
 
 def test_param_counts_at_paper_sizes():
-    from benchmarks import param_counts
-    results = param_counts.counts(paper.get_config("stage1"), ("blip2", "xformer"))
+    proc = subprocess.run([sys.executable, "benchmarks/param_counts.py", "--config=configs/paper.py:stage1",
+                           "--variants=blip2,xformer"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)["variants"]
     extra = results["xformer"]["extra_trainable_over_blip2"]
     assert 15e6 < extra < 25e6, extra
     assert results["xformer"]["frozen"] == results["xformer"]["frozen_vision"] + results["xformer"]["frozen_mae"]

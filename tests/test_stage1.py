@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from tiny import tiny_config
+from xformer_jax.configs.tiny import tiny_config
 from xformer_jax.data import pipeline
 from xformer_jax.models import xformer
 from xformer_jax import pretrain
