@@ -57,7 +57,8 @@ def _stage1() -> ml_collections.ConfigDict:
     config.model.vision.update(
         hf_dir="",  # e.g. /ckpt/blip2-opt-2.7b (save_pretrained dir of Salesforce/blip2-opt-2.7b)
         kind="eva", hidden_size=1408, num_hidden_layers=39, num_attention_heads=16, intermediate_size=6144,
-        image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, feature_layer=-1, remat=False)
+        image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, feature_layer=-1, remat=False,
+        scan_layers=True)
     # MAE ViT-H/14 with its decoder. Weights: facebook/vit-mae-huge (ViTMAEForPreTraining), converted from
     # MAE's *_visualize_* weights (trained on raw pixels; its config.json says norm_pix_loss false).
     # norm_pix_loss is left unset, so the reconstruction target follows the checkpoint's config.json;
@@ -68,7 +69,8 @@ def _stage1() -> ml_collections.ConfigDict:
         hf_dir="",  # e.g. /ckpt/vit-mae-huge (save_pretrained dir of facebook/vit-mae-huge)
         hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120,
         decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
-        decoder_intermediate_size=2048, image_size=224, patch_size=14, layer_norm_eps=1e-12, remat=False)
+        decoder_intermediate_size=2048, image_size=224, patch_size=14, layer_norm_eps=1e-12, remat=False,
+        scan_layers=True)
     # Q-Former = BERT-base with [DEC] (vocab 30523), 32 queries, cross-attention every 2nd layer, BERT's
     # dropout 0.1 on attention probabilities and hidden states (LAVIS trains it so in both stages).
     config.model.qformer.update(
@@ -105,7 +107,7 @@ def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections
     config.batch_size = 1920
     config.epochs = STAGE2_EPOCHS
     config.model.llm = ml_collections.ConfigDict(dict(
-        kind="opt", hf_dir="", params_file="", remat=False,  # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
+        kind="opt", hf_dir="", params_file="", remat=False, scan_layers=True,  # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
         vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2, eos_token_id=2, **opt_size))
     config.data.update(llm_tokenizer_path="", max_txt_len=32, prompt="")  # tokenizer.json of the same OPT
     config.optim.update(warmup_steps=2000)

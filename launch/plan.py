@@ -31,8 +31,9 @@ headroom `fits_with_headroom` asks for.
 FLOPs: `flops_per_device` is the compiler's cost analysis where it has one (XLA:TPU, XLA:CPU; both count
 a scanned layer once), else the matmul FLOPs counted on the step's jaxpr (`flops_source` says which).
 The roofline uses the jaxpr count of the step as configured (rematerialisation included), the compiler's
-bytes accessed where it reports them (TPU, CPU; the GPU bound is compute only), and the MFU bound divides
-the model FLOPs (the same count with remat off) by that time at the chip's peak.
+bytes accessed where it reports them (TPU, CPU; XLA:GPU reports none, so its memory bound reads the
+argument + output bytes once: `bytes_accessed_source`), and the MFU bound divides the model FLOPs (the
+same count with remat off) by that time at the chip's peak.
 """
 import os
 import re
@@ -236,7 +237,9 @@ def plan(config: ml_collections.ConfigDict, hbm_gib: Optional[float] = None, fas
     compiler_flops = cost.get("flops")
     flops = float(compiler_flops) if compiler_flops else executed / n
     bytes_accessed = cost.get("bytes accessed")
-    bytes_accessed = float(bytes_accessed) if bytes_accessed else None
+    # XLA:GPU reports none: every step reads its arguments and writes its outputs at least once.
+    bytes_source = "compiler cost analysis" if bytes_accessed else "argument + output bytes (a lower bound)"
+    bytes_accessed = float(bytes_accessed) if bytes_accessed else float(argument + output)
     device = trainer.mesh.devices.flat[0]
     state = trainer.state
     shards = math.prod(trainer.mesh.shape[a] for a in partitioning.BATCH_AXES)
@@ -275,6 +278,7 @@ def plan(config: ml_collections.ConfigDict, hbm_gib: Optional[float] = None, fas
         "flops_source": "compiler cost analysis" if compiler_flops else "jaxpr matmul count (remat included)",
         "jaxpr_flops_per_device": {"executed": executed / n, "model": model / n},
         "bytes_accessed_per_device": bytes_accessed,
+        "bytes_accessed_source": bytes_source,
         "roofline": None if chip is None else chips.roofline(chip, executed / n, bytes_accessed, model / n),
         "seconds": {"build": round(t1 - t0, 1), "lower": round(t2 - t1, 1), "compile": round(t3 - t2, 1),
                     "flop_count": round(t4 - t3, 1)},
