@@ -49,6 +49,11 @@ def _stage1() -> ml_collections.ConfigDict:
     config.eval_every = 0
 
     config.model.dtype = "bfloat16"  # compute; params stay float32, losses / norms / softmax float32
+    # Frozen towers (and at stage 2 the LLM) stored in bf16, as BLIP-2; they train nothing, so they
+    # need no float32 master copy. Towers and LLM run as one lax.scan over their layers (scan_layers):
+    # the same params and numbers as the unrolled stack, compiled once per stack, which is what keeps the
+    # TPU / GPU compiles of these sizes (launch/plan.py --target=...) tractable. No remat in the towers:
+    # they run under stop_gradient (the MAE decoder keeps activations of 8 narrow layers only).
     config.model.frozen_dtype = "bfloat16"  # frozen towers stored in half precision, as BLIP-2
 
     # EVA ViT-g/14 as HF Blip2VisionModel holds it: 39 blocks (BLIP-2 drops EVA's 40th), so the
@@ -107,7 +112,13 @@ def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections
     config.batch_size = 1920
     config.epochs = STAGE2_EPOCHS
     config.model.llm = ml_collections.ConfigDict(dict(
-        kind="opt", hf_dir="", params_file="", remat=False, scan_layers=True,  # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
+        # The frozen LLM still backpropagates into its soft prompt: without remat its 32 layers keep every
+        # activation (FFN 4x width, attention probabilities) for the backward pass. nothing_saveable keeps
+        # only each layer's input and recomputes the layer (one more LLM forward, ~20% more FLOPs); it
+        # took OPT-6.7B at batch 120 per A100-40GB from the edge of memory (39.2 GiB, unrolled, no remat)
+        # to 10.4 GiB (README "Memory plan"). scan_layers: one compiled layer instead of 32.
+        kind="opt", hf_dir="", params_file="", remat="nothing_saveable", scan_layers=True,
+        # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
         vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2, eos_token_id=2, **opt_size))
     config.data.update(llm_tokenizer_path="", max_txt_len=32, prompt="")  # tokenizer.json of the same OPT
     config.optim.update(warmup_steps=2000)
