@@ -117,6 +117,7 @@ def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections
         # only each layer's input and recomputes the layer (one more LLM forward, ~20% more FLOPs); it
         # took OPT-6.7B at batch 120 per A100-40GB from the edge of memory (39.2 GiB, unrolled, no remat)
         # to 10.4 GiB (README "Memory plan"). scan_layers: one compiled layer instead of 32.
+        # ("" turns it off from the command line: --config.model.llm.remat="").
         kind="opt", hf_dir="", params_file="", remat="nothing_saveable", scan_layers=True,
         # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
         vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2, eos_token_id=2, **opt_size))

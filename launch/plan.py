@@ -201,8 +201,8 @@ def _remat(config: ml_collections.ConfigDict) -> dict:
 def without_remat(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The same run with every remat off: its step's FLOPs are the model FLOPs."""
     out = config.copy_and_resolve_references()
-    for k in _remat(out):
-        out.model[k].remat = False
+    for k, value in _remat(out).items():
+        out.model[k].remat = type(value)()  # False, or "" for a policy name (config fields keep their type)
     return out
 
 
