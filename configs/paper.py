@@ -114,9 +114,9 @@ def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections
     config.model.llm = ml_collections.ConfigDict(dict(
         # The frozen LLM still backpropagates into its soft prompt: without remat its 32 layers keep every
         # activation (FFN 4x width, attention probabilities) for the backward pass. nothing_saveable keeps
-        # only each layer's input and recomputes the layer (one more LLM forward, ~20% more FLOPs); it
-        # took OPT-6.7B at batch 120 per A100-40GB from the edge of memory (39.2 GiB, unrolled, no remat)
-        # to 10.4 GiB (README "Memory plan"). scan_layers: one compiled layer instead of 32.
+        # only each layer's input and recomputes the layer (one more LLM forward, ~20% more FLOPs). OPT-6.7B
+        # at batch 120 per A100-40GB, by the GPU compiler: 42.0 GiB peak without it (does not fit 40 GiB),
+        # 10.4 GiB with it (README "Memory plan"). scan_layers: one compiled layer instead of 32.
         # ("" turns it off from the command line: --config.model.llm.remat="").
         kind="opt", hf_dir="", params_file="", remat="nothing_saveable", scan_layers=True,
         # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
