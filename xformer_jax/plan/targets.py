@@ -11,8 +11,9 @@ GPUS_PER_HOST = 8  # DGX / HGX A100, H100 and H200 machines
 TPU_CHIPS_PER_HOST = 4  # a 2x2 tray of chips per TPU VM host
 # XLA:GPU's Triton GEMM tiling aborted on a stage-2 dot (`Couldn't find output tile sizes` for a bf16
 # [30840, 1280] operand of the dual block's cross-attention value projection) when compiling without a
-# device; the cause is inside XLA's deviceless autotuning, so these compiles use cuBLAS GEMMs instead
-# (the memory plan is the same; a run on real GPUs autotunes and may pick Triton).
+# device (issue 16). The cause was not found, so deviceless GPU compiles set the flag and use cuBLAS GEMMs
+# (buffer assignment, hence the memory plan, does not depend on the GEMM emitter; a run on real GPUs
+# autotunes and may pick Triton).
 GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 
 
