@@ -13,9 +13,13 @@ Per stage: examples/s over timed steps after warm-up, XLA's FLOPs per step (cost
 XLA's own count, recomputation included; custom calls it cannot see, such as fused attention kernels, count
 zero) and the model FLOPs utilisation: achieved FLOP/s over the chip's dense bf16 peak
 (xformer_jax/profiling.py's PEAK_BF16_TFLOPS, or --peak_tflops). The step runs on the first device alone, so
-every figure is per chip.
+every figure is per chip. Next to the measured step time: the roofline lower bound of the same step
+(launch/plan.py's: matmul FLOPs counted on the step's jaxpr over the peak, XLA's bytes accessed over the chip's
+HBM bandwidth from xformer_jax/plan/chips.py) and how far above it the measured step is, so the first real
+run says how close to the bound we are.
 """
 import argparse
+import dataclasses
 import json
 import pathlib
 import tempfile
@@ -27,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from xformer_jax.configs import tiny, vit_l
+from xformer_jax.plan import chips, flops as flop_count
 from xformer_jax.profiling import peak_tflops
 from xformer_jax.train import build, loop
 
@@ -79,6 +84,7 @@ def run_stage(config, device, warmup: int, iters: int, peak) -> dict:
     compiled = trainer.step_fn.lower(trainer.state, batch).compile()
     compile_s = time.perf_counter() - start
     flops, bytes_accessed = common.compiled_cost(compiled)
+    model_flops = flop_count.matmul_flops(trainer.step_fn, trainer.state, batch)  # counted on the jaxpr (plan/flops.py)
     holder = {"state": trainer.state}
 
     def step():
@@ -88,10 +94,15 @@ def run_stage(config, device, warmup: int, iters: int, peak) -> dict:
     step_s = common.time_calls(step, warmup, iters)
     losses = {k: float(v) for k, v in jax.device_get(step()).items() if k.startswith("loss")}
     achieved = flops / step_s
+    chip = chips.for_device_kind(device.device_kind)
+    bound = None if chip is None or peak is None else chips.roofline(
+        dataclasses.replace(chip, peak_bf16_tflops=peak), model_flops, bytes_accessed, model_flops)
     return {"batch": config.batch_size, "build_and_compile_s": round(compile_s, 1), "step_s": step_s,
             "examples_per_s": config.batch_size / step_s, "xla_flops_per_step": flops,
             "xla_bytes_accessed_per_step": bytes_accessed, "achieved_tflops_per_s": achieved / 1e12,
             "mfu": None if peak is None else achieved / (peak * 1e12),
+            "model_flops_per_step": model_flops, "roofline": bound,
+            "step_s_over_roofline": None if bound is None else step_s / bound["step_s_lower_bound"],
             "trainable_params": common.count_params(holder["state"].params),
             "frozen_params": common.count_params(holder["state"].frozen), "last_losses": losses}
 

@@ -49,6 +49,11 @@ def _stage1() -> ml_collections.ConfigDict:
     config.eval_every = 0
 
     config.model.dtype = "bfloat16"  # compute; params stay float32, losses / norms / softmax float32
+    # Frozen towers (and at stage 2 the LLM) stored in bf16, as BLIP-2; they train nothing, so they
+    # need no float32 master copy. Towers and LLM run as one lax.scan over their layers (scan_layers):
+    # the same params and numbers as the unrolled stack, compiled once per stack, which is what keeps the
+    # TPU / GPU compiles of these sizes (launch/plan.py --target=...) tractable. No remat in the towers:
+    # they run under stop_gradient (the MAE decoder keeps activations of 8 narrow layers only).
     config.model.frozen_dtype = "bfloat16"  # frozen towers stored in half precision, as BLIP-2
 
     # EVA ViT-g/14 as HF Blip2VisionModel holds it: 39 blocks (BLIP-2 drops EVA's 40th), so the
@@ -57,7 +62,8 @@ def _stage1() -> ml_collections.ConfigDict:
     config.model.vision.update(
         hf_dir="",  # e.g. /ckpt/blip2-opt-2.7b (save_pretrained dir of Salesforce/blip2-opt-2.7b)
         kind="eva", hidden_size=1408, num_hidden_layers=39, num_attention_heads=16, intermediate_size=6144,
-        image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, feature_layer=-1, remat=False)
+        image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, feature_layer=-1, remat=False,
+        scan_layers=True)
     # MAE ViT-H/14 with its decoder. Weights: facebook/vit-mae-huge (ViTMAEForPreTraining), converted from
     # MAE's *_visualize_* weights (trained on raw pixels; its config.json says norm_pix_loss false).
     # norm_pix_loss is left unset, so the reconstruction target follows the checkpoint's config.json;
@@ -68,7 +74,8 @@ def _stage1() -> ml_collections.ConfigDict:
         hf_dir="",  # e.g. /ckpt/vit-mae-huge (save_pretrained dir of facebook/vit-mae-huge)
         hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120,
         decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
-        decoder_intermediate_size=2048, image_size=224, patch_size=14, layer_norm_eps=1e-12, remat=False)
+        decoder_intermediate_size=2048, image_size=224, patch_size=14, layer_norm_eps=1e-12, remat=False,
+        scan_layers=True)
     # Q-Former = BERT-base with [DEC] (vocab 30523), 32 queries, cross-attention every 2nd layer, BERT's
     # dropout 0.1 on attention probabilities and hidden states (LAVIS trains it so in both stages).
     config.model.qformer.update(
@@ -105,7 +112,15 @@ def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections
     config.batch_size = 1920
     config.epochs = STAGE2_EPOCHS
     config.model.llm.update(
-        kind="opt", hf_dir="", params_file="", remat=False,  # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
+        # The frozen LLM still backpropagates into its soft prompt: without remat its 32 layers keep every
+        # activation (FFN 4x width, attention probabilities) for the backward pass. nothing_saveable keeps
+        # only each layer's input and recomputes the layer (one more LLM forward: executed / model FLOPs
+        # 1.21 for OPT-6.7B, 1.14 for OPT-2.7B by launch/plan.py's count). OPT-6.7B at batch 120 per
+        # A100-40GB, by the GPU compiler: 42.0 GiB peak without it (does not fit 40 GiB), 10.4 GiB with it
+        # (README "Memory plan"). scan_layers: one compiled layer instead of 32.
+        # ("" turns it off from the command line: --config.model.llm.remat="").
+        kind="opt", hf_dir="", params_file="", remat="nothing_saveable", scan_layers=True,
+        # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
         vocab_size=50272, max_position_embeddings=2048, pad_token_id=1, bos_token_id=2, eos_token_id=2, **opt_size)
     config.data.update(llm_tokenizer_path="", max_txt_len=32, prompt="")  # tokenizer.json of the same OPT
     config.optim.update(warmup_steps=2000)

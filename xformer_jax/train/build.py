@@ -235,7 +235,7 @@ def _vision_component(hf_dir: str):
 
 def _check_config(loaded, configured, key: str, path: str) -> None:
     """The checkpoint's architecture must equal the configured one (run-time fields aside)."""
-    runtime = {"dtype", "remat", "feature_layer", "mask_ratio", "norm_pix_loss", "hidden_dropout_prob",
+    runtime = {"dtype", "remat", "scan_layers", "feature_layer", "mask_ratio", "norm_pix_loss", "hidden_dropout_prob",
                "attention_probs_dropout_prob"}
     for f in dataclasses.fields(configured):
         if f.name not in runtime and getattr(loaded, f.name) != getattr(configured, f.name):
