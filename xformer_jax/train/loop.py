@@ -25,7 +25,7 @@ import numpy as np
 from xformer_jax.data import pipeline
 from xformer_jax.data.sharding import to_global_batch
 from xformer_jax.models import xformer
-from xformer_jax.train import build, checkpointing, metrics as metrics_lib, optimizer, partitioning, steps
+from xformer_jax.train import build, checkpointing, metrics as metrics_lib, objective, optimizer, partitioning, steps
 from xformer_jax.train.preemption import PreemptionGuard
 from xformer_jax.train.state import TrainState, state_shardings
 
@@ -112,9 +112,9 @@ def state_and_step(config: ml_collections.ConfigDict, plan: Blueprint, params) -
     abstract_state = jax.eval_shape(create, trainable, frozen, jax.random.key(config.seed))
     sharding = state_shardings(abstract_state, trainable_sh, frozen_sh, plan.mesh)
     if config.stage == "stage2":
-        loss_fn = steps.make_stage2_loss(plan.model)
+        loss_fn = objective.make_stage2_loss(plan.model)
     else:
-        loss_fn = steps.make_stage1_loss(plan.model, config.loss, plan.mesh)
+        loss_fn = objective.make_stage1_loss(plan.model, config.loss, plan.mesh)
     loss_fn = partitioning.with_logical_rules(loss_fn, plan.mesh, plan.rules)
     step = partitioning.with_logical_rules(steps.make_train_step(loss_fn, tx, schedule, config.optim.accum_steps),
                                            plan.mesh, plan.rules)
