@@ -100,21 +100,37 @@ def test_mae_stream_starts_as_the_mae_encoder_output(batch_and_dir, placement):
     assert losses[True][0] == losses[True][1]
 
 
+def distinct_images(config, size: int) -> dict:
+    """The first `size` training pairs that show distinct images (a batch of the iterator may repeat one)."""
+    rows, seen = [], set()
+    for local in pipeline.make_train_iterator(config):
+        for i, image_id in enumerate(local["image_id"].tolist()):
+            if image_id not in seen and len(rows) < size:
+                seen.add(image_id)
+                rows.append({k: v[i] for k, v in local.items() if np.ndim(v) and len(v) == len(local["image_id"])})
+        if len(rows) == size:
+            return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion,placement", VARIANTS, ids=[f"{f}-{p}" for f, p in VARIANTS])
-def test_forty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretrained_towers, fusion, placement):
-    local, workdir = batch_and_dir
+def test_sixty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretrained_towers, fusion, placement):
+    """ITC starts on its plateau ln(batch) (the fresh cross-attention passes little image signal) and leaves
+    it only once the queries tell the images apart, later for some variants than others and at a time that
+    moves with float summation order. Eight distinct images, a warmed-up lr decayed to a tenth, and 60
+    steps make every variant leave it by about step 30 and end far below it."""
+    _, workdir = batch_and_dir
     config = tiny_config(workdir, fusion, placement)
-    config.total_steps = 40
-    config.optim.update(lr=1.5e-3, min_lr=1.5e-3)
+    steps = config.total_steps = 60
+    config.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=5)
     # At width 32 a fresh cross-attention (std 0.02) passes ~0.1% image signal; 128 gives it a chance.
     config.model.qformer.update(hidden_size=128, intermediate_size=256)
     config.model.fusion.update(intermediate_size=256)
     trainer = loop.make_trainer(config)
-    batch = trainer.global_batch(local)
+    batch = trainer.global_batch(distinct_images(config, config.batch_size))
     towers = {k: v for k, v in pretrained_towers.items() if k in trainer.state.frozen}
     state, history = trainer.state.replace(frozen=build.merge_pretrained(trainer.state.frozen, towers)), []
-    for _ in range(40):
+    for _ in range(steps):
         state, metrics = trainer.step_fn(state, batch)
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
     terms = [k for k in history[0] if k.startswith("loss_")]
