@@ -48,7 +48,8 @@ def make_stage1_loss(model: xformer.Stage1Model, loss_config: ml_collections.Con
     if loss_config.itc_grad not in ITC_GRAD_MODES:
         raise ValueError(f"config.loss.itc_grad={loss_config.itc_grad!r} is not one of {ITC_GRAD_MODES}")
     c = model.config
-    weights = loss_weights(loss_config, ("itc", "itm", "itg", "rec") if c.fusion.reconstructs else ("itc", "itm", "itg"))
+    weights = loss_weights(loss_config, ("itc", "itm", "itg", "rec") if c.fusion.reconstructs
+                           else ("itc", "itm", "itg"))
 
     def loss_fn(params, frozen, batch, rng, train: bool = True):
         mask_rng, itm_rng = jax.random.split(rng)
