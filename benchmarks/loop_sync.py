@@ -24,6 +24,7 @@ from xformer_jax.train import loop
 def run(steps: int, log_every: int, batch: int, lag: int, root: str, name: str) -> float:
     config = demo.get_config("stage1")
     config.update(total_steps=steps, log_every=log_every, checkpoint_every=10 * steps, eval_every=0)
+    config.optim.warmup_steps = 1  # the demo's 20 would not fit a short run
     if batch:
         config.batch_size = batch
     config.data.path = os.path.join(root, "data")

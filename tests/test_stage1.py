@@ -119,13 +119,13 @@ def test_sixty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretraine
     scales each update by the whole gradient, which ITG's (loss ~10) dominates, so the queries learn to tell
     the images apart only slowly; at a larger lr ITC may leave the plateau with a spike and fall back onto
     it. At equal weights concat and early_xattn stayed on the plateau for 60 steps with some seeds (and 40
-    steps at a constant lr left concat on it on another CPU). Eight distinct images, ITC weighted 10x and a
-    warmed-up lr of 1.2e-3 decayed to a tenth over 60 steps take it off the plateau smoothly."""
+    steps at a constant lr left concat on it on another CPU). Eight distinct images, ITC (and rec) weighted
+    10x and a warmed-up lr of 1.2e-3 decayed to a tenth over 60 steps take it off the plateau smoothly."""
     _, workdir = batch_and_dir
     config = tiny_config(workdir, fusion, placement)
     steps = config.total_steps = 60
     config.optim.update(lr=1.2e-3, min_lr=1.2e-4, warmup_steps=5)
-    config.loss.weights.itc = 10.0
+    config.loss.weights.update(itc=10.0, rec=10.0)  # rec keeps its 1:1 share with ITC in the dual block's gate
     # At width 32 a fresh cross-attention (std 0.02) passes ~0.1% image signal; 128 gives it a chance.
     config.model.qformer.update(hidden_size=128, intermediate_size=256)
     config.model.fusion.update(intermediate_size=256)
