@@ -100,40 +100,21 @@ def test_mae_stream_starts_as_the_mae_encoder_output(batch_and_dir, placement):
     assert losses[True][0] == losses[True][1]
 
 
-def distinct_images(config, size: int) -> dict:
-    """The first `size` training pairs that show distinct images (a batch of the iterator may repeat one)."""
-    rows, seen = [], set()
-    for local in pipeline.make_train_iterator(config):
-        for i, image_id in enumerate(local["image_id"].tolist()):
-            if image_id not in seen and len(rows) < size:
-                seen.add(image_id)
-                rows.append({k: v[i] for k, v in local.items() if np.ndim(v) and len(v) == len(local["image_id"])})
-        if len(rows) == size:
-            return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion,placement", VARIANTS, ids=[f"{f}-{p}" for f, p in VARIANTS])
-def test_sixty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretrained_towers, fusion, placement):
-    """ITC starts on its plateau ln(batch): the fresh cross-attention passes little image signal, and Adam
-    scales each update by the whole gradient, which ITG's (loss ~10) dominates, so the queries learn to tell
-    the images apart only slowly; at a larger lr ITC may leave the plateau with a spike and fall back onto
-    it. At equal weights concat and early_xattn stayed on the plateau for 60 steps with some seeds (and 40
-    steps at a constant lr left concat on it on another CPU). Eight distinct images, ITC (and rec) weighted
-    10x and a warmed-up lr of 1.2e-3 decayed to a tenth over 60 steps take it off the plateau smoothly."""
-    _, workdir = batch_and_dir
+def test_forty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretrained_towers, fusion, placement):
+    local, workdir = batch_and_dir
     config = tiny_config(workdir, fusion, placement)
-    steps = config.total_steps = 60
-    config.optim.update(lr=1.2e-3, min_lr=1.2e-4, warmup_steps=5)
-    config.loss.weights.update(itc=10.0, rec=10.0)  # rec keeps its 1:1 share with ITC in the dual block's gate
+    config.total_steps = 40
+    config.optim.update(lr=1.5e-3, min_lr=1.5e-3)
     # At width 32 a fresh cross-attention (std 0.02) passes ~0.1% image signal; 128 gives it a chance.
     config.model.qformer.update(hidden_size=128, intermediate_size=256)
     config.model.fusion.update(intermediate_size=256)
     trainer = loop.make_trainer(config)
-    batch = trainer.global_batch(distinct_images(config, config.batch_size))
+    batch = trainer.global_batch(local)
     towers = {k: v for k, v in pretrained_towers.items() if k in trainer.state.frozen}
     state, history = trainer.state.replace(frozen=build.merge_pretrained(trainer.state.frozen, towers)), []
-    for _ in range(steps):
+    for _ in range(40):
         state, metrics = trainer.step_fn(state, batch)
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
     terms = [k for k in history[0] if k.startswith("loss_")]
