@@ -32,7 +32,7 @@ from xformer_jax.data import pipeline, synthetic
 from xformer_jax.eval import attributes, probes
 from xformer_jax.models import mae as mae_lib
 from xformer_jax.predict import rankings
-from xformer_jax.train import build
+from xformer_jax.train import build, objective
 
 NUM_EXAMPLES = 8
 
@@ -83,9 +83,10 @@ def reconstruction(model, params, batch) -> dict:
     def losses(m, pixels, mae_pixels):
         images = m.encode_images(pixels, mae_pixels, jax.random.key(0))
         _, _, enriched = m.query_states(images)
-        with_queries, pred = m.reconstruct(enriched, images, mae_pixels)
-        alone, _ = m.reconstruct(images["mae"], images, mae_pixels)
-        return with_queries, alone, pred, images["mae_mask"]
+        pred, mask = m.reconstruct(enriched, images), images["mae_mask"]
+        alone = m.reconstruct(images["mae"], images)
+        score = lambda p: objective.reconstruction(m.config.mae, p, mask, mae_pixels)  # noqa: E731
+        return score(pred), score(alone), pred, mask
     with_queries, alone, pred, mask = jax.jit(lambda p, *a: model.apply({"params": p}, *a, method=losses))(
         params, batch["pixel_values"], batch["mae_pixel_values"])
     return {"with_queries": float(with_queries), "mae_alone": float(alone), "pred": pred, "mask": mask}

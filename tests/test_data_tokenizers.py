@@ -6,7 +6,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast
 
-from xformer_jax.data.tokenizers import IGNORE_INDEX, LLMTokenizer, QFormerTokenizer, default_vocab_path, stage2_labels
+from xformer_jax.data.tokenizers import LLMTokenizer, QFormerTokenizer, default_vocab_path, stage2_labels
+from xformer_jax.losses import IGNORE_INDEX
 
 SENTENCES = [
     "A man riding a horse on the beach.",

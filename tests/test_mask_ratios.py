@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
-from xformer_jax.train import build
+from xformer_jax.train import build, objective
 
 
 def _model(config):
@@ -49,14 +49,15 @@ def test_stage2_prompts_follow_the_inference_ratio_not_the_training_one(tmp_path
     ids, mask = jnp.ones((2, 5), jnp.int32), jnp.ones((2, 5), jnp.int32)
     _, unmasked, _ = _model(config)
     config.model.update(stage2_reconstruction_weight=1.0, stage2_mask_ratio=0.5)
-    _, trained_masked, params = _model(config)  # its params include the MAE decoder's
+    trained_config, trained_masked, params = _model(config)  # its params include the MAE decoder's
     prompt = lambda m, p: m.apply({"params": p}, pixels, ids, mask, mae_pixels,  # noqa: E731
                                   method=m.prompt_embeddings)[0]
     reference = prompt(unmasked, params)
     np.testing.assert_allclose(prompt(trained_masked, params), reference, rtol=1e-6, atol=1e-6)
-    out = trained_masked.apply({"params": params}, pixels, ids, mask, ids, mae_pixel_values=mae_pixels,
+    out = trained_masked.apply({"params": params}, pixels, ids, mask, mae_pixel_values=mae_pixels,
                                mask_rng=jax.random.key(1))
-    assert "rec" in out and np.isfinite(out["rec"])
+    assert float(out["rec_mask"].mean()) == 0.5
+    assert np.isfinite(objective.reconstruction(trained_config.mae, out["rec_pred"], out["rec_mask"], mae_pixels))
 
     config.model.inference_mask_ratio = 0.5
     _, masked_inference, _ = _model(config)

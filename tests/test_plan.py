@@ -157,7 +157,7 @@ REAL_TARGETS = {"tpu-v5e": "libtpu", "a100-40gb": "jax_plugins.xla_cuda12"}
 @pytest.mark.parametrize("target", sorted(REAL_TARGETS))
 def test_plan_with_a_real_compiler(target, tmp_path):
     pytest.importorskip(REAL_TARGETS[target], reason=f"the {target} compiler comes with pip install -e '.[plan]'")
-    import tiny
+    from xformer_jax.configs import tiny
     from launch import plan
     from xformer_jax.plan import chips, targets
     config = tiny.tiny_config(tmp_path)

@@ -7,7 +7,7 @@ from xformer_jax.configs.tiny import tiny_config
 from xformer_jax.data import pipeline
 from xformer_jax.models import xformer
 from xformer_jax import pretrain
-from xformer_jax.train import build, loop
+from xformer_jax.train import build, loop, objective
 
 VARIANTS = [("blip2", "after_qformer"), ("concat", "after_qformer"), ("early_xattn", "after_qformer"),
             ("xformer", "after_qformer"), ("xformer", "per_xattn_layer")]
@@ -60,17 +60,15 @@ def test_itm_with_shared_image_keys_and_values_equals_gathered_images(batch_and_
     local, workdir = batch_and_dir
     config = tiny_config(workdir)
     trainer = loop.make_trainer(config, load_pretrained=False, devices=jax.devices()[:1])
-    params = {**trainer.state.params, **trainer.state.frozen}
-    outputs = {}
+    batch, outputs = trainer.global_batch(local), {}
     for shared in (False, True):
         config.model.itm_shared_image_kv = shared
         model = build.make_model(build.model_config(config))
-        outputs[shared] = jax.jit(lambda p, b: model.apply(
-            {"params": p}, b["pixel_values"], b["input_ids"], b["attention_mask"], image_ids=b["image_id"],
-            mae_pixel_values=b["mae_pixel_values"], mask_rng=jax.random.key(0), itm_rng=jax.random.key(1)))(
-                params, local)
-    assert abs(float(outputs[True]["itm"]) - float(outputs[False]["itm"])) < 1e-5
-    assert abs(float(outputs[True]["itg"]) - float(outputs[False]["itg"])) < 1e-6
+        loss_fn = objective.make_stage1_loss(model, config.loss, trainer.mesh)
+        outputs[shared] = jax.jit(lambda p, f, b: loss_fn(p, f, b, jax.random.key(1), train=False)[1])(
+            trainer.state.params, trainer.state.frozen, batch)
+    assert abs(float(outputs[True]["loss_itm"]) - float(outputs[False]["loss_itm"])) < 1e-5
+    assert abs(float(outputs[True]["loss_itg"]) - float(outputs[False]["loss_itg"])) < 1e-6
 
 
 @pytest.mark.parametrize("placement", ["after_qformer", "per_xattn_layer"])
@@ -89,8 +87,9 @@ def test_mae_stream_starts_as_the_mae_encoder_output(batch_and_dir, placement):
         def streams(m, pixels, mae_pixels):
             images = m.encode_images(pixels, mae_pixels, jax.random.key(0))
             _, _, enriched = m.query_states(images)
-            return (images["mae"], enriched, m.reconstruct(enriched, images, mae_pixels)[0],
-                    m.reconstruct(images["mae"], images, mae_pixels)[0])
+            score = lambda stream: objective.reconstruction(  # noqa: E731
+                m.config.mae, m.reconstruct(stream, images), images["mae_mask"], mae_pixels)
+            return images["mae"], enriched, score(enriched), score(images["mae"])
         mae_states, enriched, rec, rec_alone = jax.jit(lambda p, *a: model.apply({"params": p}, *a, method=streams))(
             params, local["pixel_values"], local["mae_pixel_values"])
         losses[gate] = (float(rec), float(rec_alone))

@@ -89,7 +89,9 @@ def test_forty_steps_on_one_batch_drive_the_loss_down(setup, pretrained_llm):
     for _ in range(40):
         state, metrics = trainer.step_fn(state, batch)
         history.append(float(metrics["loss_lm"]))
-    assert np.mean(history[-5:]) < 0.9 * np.mean(history[:3]), history  # only the prefix trains
+    first, last = np.mean(history[:3]), np.mean(history[-5:])
+    print(f"stage 2 loss_lm: {first:.4f} -> {last:.4f}")
+    assert last < 0.9 * first, history  # only the prefix trains
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from PIL import Image
 
 import engine_config
 from xformer_jax.data import pipeline
-from xformer_jax.train import checkpointing, loop, partitioning
+from xformer_jax.train import checkpointing, loop, partitioning, step_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOSS_KEYS = ("loss", "loss_itc", "loss_itm", "loss_itg", "loss_rec")
@@ -322,16 +322,27 @@ class PoisonedIterator(grain.DatasetIterator):
         self._parent.set_state(state)
 
 
-def test_nan_loss_stops_with_step_and_term_and_keeps_last_checkpoint(root, reference, target8, monkeypatch):
+def logged_steps(workdir) -> list[int]:
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    return [r["step"] for r in read_metrics(workdir)] if path.exists() else []
+
+
+# The loop reads a step's metrics one step late, and every pending step before a log line or a save
+# (checkpoints every 2 steps). Logged at every step, step 3's NaN is read at once; logged rarely, it is
+# read after step 4 is dispatched, before step 4's save; a NaN at step 4 is read just before its save.
+@pytest.mark.parametrize("log_every,at", [(1, 3), (1000, 3), (1000, 4)],
+                         ids=["read-at-its-log-line", "read-one-step-late", "read-before-the-save"])
+def test_nan_loss_stops_with_step_and_term_and_keeps_last_checkpoint(root, reference, target8, monkeypatch,
+                                                                     log_every, at):
     make = pipeline.make_train_iterator
-    monkeypatch.setattr(pipeline, "make_train_iterator", lambda config: PoisonedIterator(make(config), at=3))
-    config = config_for(root)
-    workdir = root / "nan"
-    with pytest.raises(loop.NonFiniteLoss, match=r"^step 3: loss is nan, loss_i\w+ is nan.*checkpoint"):
+    monkeypatch.setattr(pipeline, "make_train_iterator", lambda config: PoisonedIterator(make(config), at=at))
+    config = config_for(root, log_every=log_every)
+    workdir = root / f"nan_{log_every}_{at}"
+    with pytest.raises(step_metrics.NonFiniteLoss, match=rf"^step {at}: loss is nan, loss_i\w+ is nan.*checkpoint"):
         loop.train(config, str(workdir))
-    # Nothing of step 3 was logged or saved; the step-2 checkpoint (async) was finished and is the
-    # reference run's step-2 state.
-    assert [r["step"] for r in read_metrics(workdir)] == [1, 2]
+    # Nothing of the NaN step was logged or saved, nor any later state; the step-2 checkpoint (async) was
+    # finished and is the reference run's step-2 state.
+    assert logged_steps(workdir) == ([1, 2] if log_every == 1 else [])
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
     saved = host(restore(workdir, config, 2, target8))
     assert_finite(saved)
@@ -340,14 +351,31 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_last_checkpoint(root, refer
 
 
 def test_check_finite_names_gradient_norm_too():
-    loop.check_finite(7, {"loss": 1.0, "loss_itc": 0.5, "grad_norm": 2.0, "temp": float("nan")})
-    with pytest.raises(loop.NonFiniteLoss, match=r"^step 7: grad_norm is inf"):
-        loop.check_finite(7, {"loss": 1.0, "grad_norm": float("inf")})
-    with pytest.raises(loop.NonFiniteLoss, match=r"^step 5: loss_rec is nan"):
-        loop.check_finite(5, {"loss_itc": 1.0, "loss_rec": float("nan")})
+    step_metrics.check_finite(7, {"loss": 1.0, "loss_itc": 0.5, "grad_norm": 2.0, "temp": float("nan")})
+    with pytest.raises(step_metrics.NonFiniteLoss, match=r"^step 7: grad_norm is inf"):
+        step_metrics.check_finite(7, {"loss": 1.0, "grad_norm": float("inf")})
+    with pytest.raises(step_metrics.NonFiniteLoss, match=r"^step 5: loss_rec is nan"):
+        step_metrics.check_finite(5, {"loss_itc": 1.0, "loss_rec": float("nan")})
 
 
-# ----------------------------------------------------------------------------- 6. corrupt webdataset images
+def test_pending_metrics_reads_a_step_only_once_the_next_is_dispatched():
+    fetched = []
+    pending = step_metrics.PendingMetrics(lag=1, fetch=lambda m: fetched.append(m["step"]) or m)
+    pending.add(1, {"step": 1, "loss": 1.0})
+    assert fetched == []  # step 1 may still be running: nothing waits on it
+    pending.add(2, {"step": 2, "loss": 0.5})
+    assert fetched == [1]
+    assert pending.flush()["loss"] == 0.5 and fetched == [1, 2]
+    pending.add(3, {"step": 3, "loss": float("inf")})
+    with pytest.raises(step_metrics.NonFiniteLoss, match=r"^step 3: loss is inf"):
+        pending.add(4, {"step": 4, "loss": 0.25})
+    eager = step_metrics.PendingMetrics(lag=0, fetch=lambda m: fetched.append(m["step"]) or m)
+    eager.add(5, {"step": 5, "loss": 1.0})
+    assert fetched[-1] == 5 and eager.flush()["step"] == 5
+    with pytest.raises(ValueError, match="metrics lag 2"):
+        step_metrics.PendingMetrics(lag=2)
+
+
 def encoded_jpeg(seed):
     pixels = np.random.default_rng(seed).integers(0, 256, (20, 28, 3), dtype=np.uint8)
     buffer = io.BytesIO()

@@ -1,17 +1,19 @@
-"""Stage-1 and stage-2 losses (REFERENCE.md §3, §5): pure functions of arrays, float32 inside.
+"""Stage-1 and stage-2 loss terms (REFERENCE.md §3, §5): pure functions of arrays, float32 inside.
 
-Semantics follow LAVIS `Blip2Qformer.forward` and BERT/HF causal-LM heads:
+Each stage's objective (`xformer_jax.train.objective`) applies them to what the model's forward
+returns. Semantics follow LAVIS `Blip2Qformer.forward` and BERT/HF causal-LM heads:
 
 - ITC: max-over-queries similarity / temp over the global batch, cross-entropy with label smoothing
   averaged over both directions. `itc_grad` picks the gradient: "global" (default) is the exact
   gradient of the global-batch loss, which is what `jax.jit` gives for a loss over sharded arrays;
   "local" is LAVIS/DDP's: each device's rows against gathered features that carry no gradient,
   gradients averaged over devices. Loss values are identical; gradients differ.
-- ITM: hard negatives sampled from softmax(sim) in float32 with `jax.random.categorical` (the fp16
-  `torch.multinomial` NaN failure of LAVIS cannot happen), the 3B pos/neg layout, plain CE.
+- ITM: plain CE of the match logits of the 3B positive / hard-negative pairs, which the forward
+  draws (`xformer_jax.models.matching`).
 - ITG / LM: shifted cross-entropy over non-ignored labels; ITG smooths labels by 0.1 as LAVIS's
   BertLMHeadModel does, LM (stage 2) does not, as HF's causal-LM loss.
-- Reconstruction: `xformer_jax.models.mae.reconstruction_loss`, re-exported here.
+- Reconstruction: the MAE's own loss, `xformer_jax.models.mae.reconstruction_loss` (it belongs to the
+  port of HF's ViTMAEForPreTraining, which returns it).
 """
 import math
 from typing import Mapping, Optional, Sequence
@@ -20,18 +22,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from xformer_jax.models.mae import reconstruction_loss
+from xformer_jax.models.matching import itc_similarities
 
-__all__ = [
-    "itc_similarities", "itc_loss", "itc_loss_sharded", "sample_hard_negatives", "itm_inputs",
-    "itm_logits_from_queries", "itm_loss", "itg_loss", "lm_loss", "reconstruction_loss", "total_loss",
-]
+__all__ = ["IGNORE_INDEX", "itc_loss", "itc_loss_sharded", "itm_loss", "itg_loss", "lm_loss", "total_loss"]
 
-IGNORE_INDEX = -100  # label value that HF / torch skip in the loss
-
-# Full-precision matmuls: on TPU the default would run float32 through one bf16 pass, and the
-# similarities are divided by temp = 0.07, so their rounding error would be magnified 14x.
-_HIGHEST = jax.lax.Precision.HIGHEST
+IGNORE_INDEX = -100  # label value the token losses skip (HF / torch): the data pipeline and the objective write it
 
 
 def _f32(x):
@@ -39,17 +34,6 @@ def _f32(x):
 
 
 # ---------------------------------------------------------------------------------------- ITC
-
-def itc_similarities(image_feats, text_feats, temp):
-    """(sim_i2t (B_img, B_txt), sim_t2i (B_txt, B_img)): max over queries of the dot product, / temp.
-
-    image_feats (B_img, Q, D) and text_feats (B_txt, D) are expected l2-normalised (the model does
-    that); the max over queries is BLIP-2's image-text score.
-    """
-    sim_q = jnp.einsum("iqd,td->itq", _f32(image_feats), _f32(text_feats), precision=_HIGHEST)
-    sim_i2t = sim_q.max(axis=-1) / _f32(temp)
-    return sim_i2t, sim_i2t.T
-
 
 def _soft_ce(logits, row_ids, col_ids, label_smoothing):
     """Mean over rows of -sum(targets * log_softmax(logits)); targets as LAVIS builds them.
@@ -141,66 +125,6 @@ def itc_loss_sharded(image_feats, text_feats, temp, mesh: Mesh, batch_axes: Sequ
 
 
 # ---------------------------------------------------------------------------------------- ITM
-
-def _sample_excluding(key, sim, excluded):
-    """One column per row from softmax(sim) restricted to the columns not excluded.
-
-    `categorical` normalises its logits, so the masked float32 sims are log(softmax) up to a
-    per-row constant; excluded columns are -inf and can never be drawn. A row with every column
-    excluded falls back to a uniform draw over all columns but its own positive (the diagonal).
-    """
-    sim = _f32(jax.lax.stop_gradient(sim))
-    diagonal = jnp.eye(sim.shape[0], dtype=bool)
-    has_candidate = jnp.any(~excluded, axis=1, keepdims=True)
-    logits = jnp.where(has_candidate,
-                       jnp.where(excluded, -jnp.inf, sim),
-                       jnp.where(diagonal, -jnp.inf, 0.0))
-    return jax.random.categorical(key, logits, axis=-1)
-
-
-def sample_hard_negatives(key, sim_i2t, sim_t2i, image_ids=None):
-    """(neg_text_idx (B,) per image, neg_image_idx (B,) per text), indices into the global batch.
-
-    sim_i2t / sim_t2i are the global (B, B) ITC similarities (no gradient flows). The positive
-    (the diagonal) is never drawn; with `image_ids`, no pair showing the same image is drawn
-    either. If every other pair of a row shows the same image, that row draws uniformly among the
-    other pairs (those are then false negatives, but the ITM batch keeps its shape and stays
-    finite). Needs B >= 2.
-    """
-    batch = sim_i2t.shape[0]
-    if sim_i2t.shape != (batch, batch) or sim_t2i.shape != (batch, batch):
-        raise ValueError(f"hard negatives want square global similarities; got {sim_i2t.shape}, {sim_t2i.shape}")
-    if batch < 2:
-        raise ValueError("hard-negative sampling needs a global batch of at least 2")
-    excluded = jnp.eye(batch, dtype=bool)
-    if image_ids is not None:
-        image_ids = jnp.asarray(image_ids)
-        excluded = excluded | (image_ids[:, None] == image_ids[None, :])
-    key_text, key_image = jax.random.split(key)
-    return _sample_excluding(key_text, sim_i2t, excluded), _sample_excluding(key_image, sim_t2i, excluded)
-
-
-def itm_inputs(neg_text_idx, neg_image_idx):
-    """The 3B ITM layout as gather indices: (image_index, text_index, labels), each (3B,).
-
-    Pairs k = (image[image_index[k]], text[text_index[k]]): first B are positives (b, b), next B pair
-    each text b with its hard-negative image, last B each image b with its hard-negative text;
-    i.e. text [pos, pos, neg] vs image [pos, neg, pos], labels [1]*B + [0]*2B, as LAVIS.
-    """
-    neg_text_idx = jnp.asarray(neg_text_idx, jnp.int32)
-    neg_image_idx = jnp.asarray(neg_image_idx, jnp.int32)
-    batch = neg_text_idx.shape[0]
-    rows = jnp.arange(batch, dtype=jnp.int32)
-    image_index = jnp.concatenate([rows, neg_image_idx, rows])
-    text_index = jnp.concatenate([rows, rows, neg_text_idx])
-    labels = jnp.concatenate([jnp.ones(batch, jnp.int32), jnp.zeros(2 * batch, jnp.int32)])
-    return image_index, text_index, labels
-
-
-def itm_logits_from_queries(query_logits):
-    """(B3, Q, 2) itm_head outputs of the query tokens -> (B3, 2): BLIP-2 averages over queries."""
-    return _f32(query_logits).mean(axis=1)
-
 
 def itm_loss(logits, labels):
     """Plain mean cross-entropy of (N, 2) match logits against 0/1 labels."""

@@ -30,10 +30,11 @@ import numpy as np
 from xformer_jax import pretrain, rundir
 from xformer_jax.data import bpe, pipeline, synthetic
 from xformer_jax.data import config as data_config
-from xformer_jax.data.tokenizers import IGNORE_INDEX, LLMTokenizer
+from xformer_jax.data.tokenizers import LLMTokenizer
 from xformer_jax.data.transforms import clean_caption
 from xformer_jax.eval import attributes, probes
 from xformer_jax.eval.score import score
+from xformer_jax.losses import IGNORE_INDEX
 from xformer_jax.models import mae as mae_lib
 from xformer_jax.models import stage2, vit
 from xformer_jax.predict import inputs

@@ -23,8 +23,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from xformer_jax import losses
-from xformer_jax.models import fusion, qformer, vit, xformer
+from xformer_jax.models import fusion, matching, qformer, vit, xformer
 
 
 def config_from_hf(hf: dict, **overrides) -> xformer.Stage1Config:
@@ -78,6 +77,6 @@ class Blip2ForImageTextRetrieval(xformer.Stage1Model):
             return {"logits_per_image": logits, "logits_per_text": logits.T}
         image_embeds = self.qformer.image_embeddings(self.query_states(images)[0])
         text_embeds = self.qformer.text_embeddings(self.qformer.encode_text(input_ids, attention_mask))
-        per_image, per_text = losses.itc_similarities(image_embeds, text_embeds, 1.0)
+        per_image, per_text = matching.itc_similarities(image_embeds, text_embeds, 1.0)
         return {"logits_per_image": per_image, "logits_per_text": per_text,
                 "image_embeds": image_embeds, "text_embeds": text_embeds}

@@ -1,8 +1,9 @@
 """Stage2Model: the stage-1 model's queries Z' -> one Linear -> a frozen decoder LLM (REFERENCE.md §5).
 
-inputs_embeds = [llm_proj(Z'); embed(tokens)], attention mask = [ones(Q); text mask], labels -100 on
-the Q query positions (the data pipeline already put -100 on the prompt, its bos and padding), and
-HF's causal-LM loss. Stage2Model extends Stage1Model, so its param tree keeps stage 1's names
+inputs_embeds = [llm_proj(Z'); embed(tokens)], attention mask = [ones(Q); text mask]; the forward
+returns the LLM's logits over [queries; text], which `xformer_jax.train.objective` scores with HF's
+causal-LM loss (labels -100 on the Q query positions; the data pipeline already put -100 on the
+prompt, its bos and padding). Stage2Model extends Stage1Model, so its param tree keeps stage 1's names
 (vision, mae, qformer, fusion) plus `llm` and `llm_proj`: a stage-1 checkpoint hands over directly.
 Only the Q-Former's query path runs (as in LAVIS's blip2_opt), so its text-only parts are not in
 this tree. The towers and the LLM are frozen; Q-Former, fusion and llm_proj train. MAE masking has
@@ -17,8 +18,6 @@ from typing import Optional, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from xformer_jax import losses
-from xformer_jax.data.tokenizers import IGNORE_INDEX
 from xformer_jax.models import layers, llama, opt, xformer
 
 LLMConfig = Union[opt.OPTConfig, llama.LlamaConfig]
@@ -66,16 +65,17 @@ class Stage2Model(xformer.Stage1Model):
         self.llm_proj = layers.dense(width, ("embed", "mlp"), "llm_proj", c.qformer.dtype)
 
     def prefix(self, pixel_values, mae_pixel_values=None, mask_rng=None, training: bool = False):
-        """The projected queries (B, Q, LLM width) and, when training with it, the reconstruction loss.
+        """The projected queries (B, Q, LLM width) and, when training with reconstruction, what its loss
+        reads ({"rec_pred", "rec_mask"}, else empty).
 
         MAE masks at `mask_ratio` while training, at `inference_mask_ratio` otherwise."""
         c = self.config
         ratio = c.mask_ratio if training else c.inference_mask_ratio
         images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, mask_ratio=ratio)
         queries, _, mae_out = self.query_states(images)
-        rec = None
+        rec = {}
         if training and c.reconstructs:
-            rec, _ = self.reconstruct(mae_out, images, mae_pixel_values)
+            rec = {"rec_pred": self.reconstruct(mae_out, images), "rec_mask": images["mae_mask"]}
         return self.llm_proj(queries), rec
 
     def inputs(self, prefix, input_ids, attention_mask):
@@ -83,16 +83,11 @@ class Stage2Model(xformer.Stage1Model):
         mask = jnp.concatenate([jnp.ones(prefix.shape[:2], jnp.int32), attention_mask.astype(jnp.int32)], axis=1)
         return embeds, mask
 
-    def __call__(self, pixel_values, input_ids, attention_mask, labels, mae_pixel_values=None, mask_rng=None):
-        """{"lm": causal-LM loss[, "rec": reconstruction loss]}, float32."""
+    def __call__(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None, mask_rng=None):
+        """The stage-2 forward: {"logits": (B, Q + T, V) over [queries; text][, "rec_pred", "rec_mask"]}."""
         prefix, rec = self.prefix(pixel_values, mae_pixel_values, mask_rng, training=True)
         embeds, mask = self.inputs(prefix, input_ids, attention_mask)
-        logits = self.llm(inputs_embeds=embeds, attention_mask=mask)["logits"]
-        full_labels = jnp.concatenate([jnp.full(prefix.shape[:2], IGNORE_INDEX, labels.dtype), labels], axis=1)
-        out = {"lm": losses.lm_loss(logits, full_labels)}
-        if rec is not None:
-            out["rec"] = rec
-        return out
+        return {"logits": self.llm(inputs_embeds=embeds, attention_mask=mask)["logits"], **rec}
 
     def prompt_embeddings(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None):
         """(inputs_embeds, attention mask) for generation: [queries; prompt tokens], MAE at the inference ratio."""

@@ -1,4 +1,7 @@
-"""Stage1Model: frozen CLIP (or EVA) and MAE towers + the Q-Former + a fusion variant, and its losses.
+"""Stage1Model: frozen CLIP (or EVA) and MAE towers + the Q-Former + a fusion variant.
+
+Its forward returns what the stage-1 losses read (features, logits, reconstructions); the objective
+that turns them into ITC, ITM, ITG and reconstruction terms is `xformer_jax.train.objective`.
 
 Param tree: vision (frozen), mae (frozen, absent for blip2), qformer, and the fusion's own params
 (dual / duals_{k} for xformer, mae_xattn_{k} for early_xattn, mae_to_clip for concat). The towers'
@@ -16,15 +19,15 @@ cost of one more query pass per step. The default stays LAVIS's until the mini-p
 that Z' is "optimized using VL objectives", which ITC and ITM already do.
 """
 import dataclasses
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xformer_jax import losses
 from xformer_jax.models import fusion as fusion_lib
 from xformer_jax.models import mae as mae_lib
+from xformer_jax.models import matching
 from xformer_jax.models import qformer as qformer_lib
 from xformer_jax.models import vit
 
@@ -155,21 +158,21 @@ class Stage1Model(nn.Module):
                                          fuse=self._fuse_hook(), carry=mae_pairs, image_index=image_index,
                                          text_index=text_index, queries_only=True)
         queries, _ = self._finish(result, self.config.qformer.num_query_tokens, mae_pairs)
-        return self.qformer.itm_head(queries).astype(jnp.float32).mean(axis=1)
+        return matching.itm_logits_from_queries(self.qformer.itm_head(queries))
 
-    def reconstruct(self, mae_out, images: dict, mae_pixel_values):
-        """Masked-patch pixel MSE of the frozen MAE decoder reading M'."""
-        pred = self.mae.decode(mae_out, images["ids_restore"])
-        return mae_lib.reconstruction_loss(pred, mae_pixel_values, images["mae_mask"], self.config.mae.patch_size,
-                                           self.config.mae.norm_pix_loss), pred
+    def reconstruct(self, mae_out, images: dict):
+        """The frozen MAE decoder's patches (B, N, p*p*3) read from M' (what the reconstruction loss scores)."""
+        return self.mae.decode(mae_out, images["ids_restore"])
 
     # -- stage 1 ----------------------------------------------------------------------------------
     def __call__(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None, mask_rng=None,
                  itm_rng=None, image_ids=None):
-        """Every stage-1 term but ITC, plus what ITC needs (so the step can shard it).
+        """The stage-1 forward: what each loss reads, float32 where a loss reads it.
 
-        Returns image_embeds (B, Q, D), text_embeds (B, D), temp, and itm / itg / rec losses (rec only
-        for xformer), all float32.
+        image_embeds (B, Q, D), text_embeds (B, D), temp: ITC. itm_logits (3B, 2), itm_labels (3B,): ITM on
+        the positives and the hard negatives drawn from the ITC similarities. itg_logits (B, T-1, V),
+        itg_ids (B, T): ITG, the text with [DEC] in place of [CLS]. rec_pred (B, N, p*p*3), rec_mask (B, N)
+        (xformer only): the frozen MAE decoder's patches read from M', and which patches were masked.
         """
         c = self.config
         images = self.encode_images(pixel_values, mae_pixel_values, mask_rng)
@@ -179,25 +182,22 @@ class Stage1Model(nn.Module):
         temp = self.qformer.temperature()
         out = {"image_embeds": image_embeds, "text_embeds": text_embeds, "temp": temp}
 
-        sim_i2t, sim_t2i = losses.itc_similarities(image_embeds, text_embeds, temp)
+        sim_i2t, sim_t2i = matching.itc_similarities(image_embeds, text_embeds, temp)
         key = jax.random.key(0) if itm_rng is None else itm_rng
-        neg_text, neg_image = losses.sample_hard_negatives(key, sim_i2t, sim_t2i, image_ids)
-        image_index, text_index, labels = losses.itm_inputs(neg_text, neg_image)
+        neg_text, neg_image = matching.sample_hard_negatives(key, sim_i2t, sim_t2i, image_ids)
+        image_index, text_index, out["itm_labels"] = matching.itm_inputs(neg_text, neg_image)
         clip, mae_states, pair_image = images["clip"], images.get("mae"), image_index
         if not c.itm_shared_image_kv:  # each pair gets its image's features (see Stage1Config)
             clip, pair_image = clip[image_index], None
             mae_states = None if mae_states is None else mae_states[image_index]
-        logits = self.itm_logits(clip, mae_states, input_ids, attention_mask, image_index=pair_image,
-                                 text_index=text_index)
-        out["itm"] = losses.itm_loss(logits, labels)
-        out["itm_accuracy"] = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+        out["itm_logits"] = self.itm_logits(clip, mae_states, input_ids, attention_mask, image_index=pair_image,
+                                            text_index=text_index)
 
-        decoder_ids = jnp.asarray(input_ids).at[:, 0].set(c.qformer.dec_token_id)
-        hidden = self.itg_hidden(decoder_ids, attention_mask, images, queries, cache)
-        out["itg"] = losses.itg_loss(self.qformer.lm_logits(hidden), decoder_ids, attention_mask,
-                                     c.itg_label_smoothing, pad_id=c.qformer.pad_token_id)
+        out["itg_ids"] = jnp.asarray(input_ids).at[:, 0].set(c.qformer.dec_token_id)
+        hidden = self.itg_hidden(out["itg_ids"], attention_mask, images, queries, cache)
+        out["itg_logits"] = self.qformer.lm_logits(hidden)
         if c.fusion.reconstructs:
-            out["rec"], _ = self.reconstruct(mae_out, images, mae_pixel_values)
+            out["rec_pred"], out["rec_mask"] = self.reconstruct(mae_out, images), images["mae_mask"]
         return out
 
     def itg_hidden(self, decoder_ids, attention_mask, images: dict, queries, cache):
@@ -209,13 +209,6 @@ class Stage1Model(nn.Module):
                                                image_feats=self._memory(images["clip"], images.get("mae")),
                                                query_embeds=queries, positions=positions)
         return self.qformer.decoder_hidden(decoder_ids, attention_mask, query_cache=cache, positions=positions)
-
-    def reconstruct_images(self, pixel_values, mae_pixel_values, mask_rng):
-        """(predicted patches, mask) of the xformer branch: what the reconstruction loss scores."""
-        images = self.encode_images(pixel_values, mae_pixel_values, mask_rng)
-        _, _, mae_out = self.query_states(images)
-        _, pred = self.reconstruct(mae_out, images, mae_pixel_values)
-        return pred, images["mae_mask"]
 
     def retrieval_embeddings(self, pixel_values, input_ids, attention_mask, mae_pixel_values=None):
         """(image_embeds (B, Q, D), text_embeds (B, D)) for ITC retrieval, MAE at the inference ratio."""
@@ -233,10 +226,3 @@ class Stage1Model(nn.Module):
         images = self.encode_images(pixel_values, mae_pixel_values, mask_rng, ratio)
         return self.query_states(images)[0]
 
-
-def stage1_terms(outputs: dict, itc: Any) -> dict:
-    """The loss terms of a forward pass, ITC computed by the caller (global or LAVIS-local)."""
-    terms = {"itc": itc, "itm": outputs["itm"], "itg": outputs["itg"]}
-    if "rec" in outputs:
-        terms["rec"] = outputs["rec"]
-    return terms

@@ -152,8 +152,6 @@ def dummy_batch(config: xformer.Stage1Config, batch: int = 2) -> dict:
     v = config.vision
     out = {"pixel_values": jnp.zeros((batch, v.num_channels, v.image_size, v.image_size), jnp.float32),
            "input_ids": jnp.ones((batch, 8), jnp.int32), "attention_mask": jnp.ones((batch, 8), jnp.int32)}
-    if isinstance(config, stage2.Stage2Config):
-        out["labels"] = jnp.ones((batch, 8), jnp.int32)
     if config.mae is not None:
         m = config.mae
         out["mae_pixel_values"] = jnp.zeros((batch, m.num_channels, m.image_size, m.image_size), jnp.float32)
@@ -165,11 +163,9 @@ def init_fn(model: xformer.Stage1Model, config: xformer.Stage1Config):
     batch = dummy_batch(config)
 
     def init(rng):
-        if "labels" in batch:
-            return model.init(rng, batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
-                              batch["labels"], mae_pixel_values=batch.get("mae_pixel_values"), mask_rng=rng)["params"]
+        itm_rng = {} if isinstance(config, stage2.Stage2Config) else {"itm_rng": rng}  # stage 2 runs no ITM
         return model.init(rng, batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
-                          mae_pixel_values=batch.get("mae_pixel_values"), mask_rng=rng, itm_rng=rng)["params"]
+                          mae_pixel_values=batch.get("mae_pixel_values"), mask_rng=rng, **itm_rng)["params"]
     return init
 
 

@@ -65,6 +65,11 @@ class Checkpointer:
             items[DATA_ITER] = grain.checkpoint.CheckpointSave(iterator)
         return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
+    def should_save(self, step: int) -> bool:
+        """Whether `save(step)` without force writes (a multiple of every_steps, or orbax's preemption
+        policy): the loop reads every pending step's metrics before such a step."""
+        return self._manager.should_save(step)
+
     def latest_step(self) -> Optional[int]:
         """The newest finalized step, or None."""
         return self._manager.latest_step()

@@ -4,8 +4,10 @@ Contract (DESIGN.md): WORKDIR/metrics.jsonl gets one JSON object per logged step
 loss_* term, lr, examples_per_sec, data/skipped, ...); TensorBoard events go to WORKDIR/tb; orbax
 checkpoints (train state + data iterator position) to WORKDIR/checkpoints. Rerunning the same command
 resumes from the newest checkpoint. SIGTERM saves a checkpoint and returns normally; a non-finite
-loss (or gradient norm) raises NonFiniteLoss naming the step and term, before anything of that step
-is saved (pending checkpoint writes of earlier steps are finished first). `config.stop_after_steps`
+loss (or gradient norm) raises NonFiniteLoss naming the step and term, before any state of that step
+or a later one is saved (pending checkpoint writes of earlier steps are finished first). The host
+reads a step's metrics one step late (`train.step_metrics`), so it never waits on the step it has just
+dispatched, and reads all of them before each save, log line and evaluation. `config.stop_after_steps`
 (optional, 0 = off) ends a run after that many steps of this invocation with a checkpoint, so long
 schedules can run in chunks: rerun the same command to go on.
 """
@@ -25,16 +27,13 @@ from xformer_jax import rundir
 from xformer_jax.data import pipeline
 from xformer_jax.data.sharding import to_global_batch
 from xformer_jax.models import xformer
-from xformer_jax.train import build, checkpointing, metrics as metrics_lib, optimizer, partitioning, steps
+from xformer_jax.train import build, checkpointing, metrics as metrics_lib, objective, optimizer, partitioning, steps
 from xformer_jax.train.preemption import PreemptionGuard
 from xformer_jax.train.state import TrainState, state_shardings
+from xformer_jax.train.step_metrics import PendingMetrics
 
 MODEL_INPUTS = ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask", "labels", "image_ids")
 HOST_METRICS = ("data/skipped", "data/skipped_shards")
-
-
-class NonFiniteLoss(FloatingPointError):
-    pass
 
 
 @dataclasses.dataclass
@@ -114,9 +113,9 @@ def state_and_step(config: ml_collections.ConfigDict, layout: ModelLayout, param
     abstract_state = jax.eval_shape(create, trainable, frozen, jax.random.key(config.seed))
     sharding = state_shardings(abstract_state, trainable_sh, frozen_sh, layout.mesh)
     if config.stage == "stage2":
-        loss_fn = steps.make_stage2_loss(layout.model)
+        loss_fn = objective.make_stage2_loss(layout.model)
     else:
-        loss_fn = steps.make_stage1_loss(layout.model, config.loss, layout.mesh)
+        loss_fn = objective.make_stage1_loss(layout.model, config.loss, layout.mesh)
     loss_fn = partitioning.with_logical_rules(loss_fn, layout.mesh, layout.rules)
     step = partitioning.with_logical_rules(steps.make_train_step(loss_fn, tx, schedule, config.optim.accum_steps),
                                            layout.mesh, layout.rules)
@@ -152,17 +151,6 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     return Trainer(config, layout.mesh, layout.model, state, sharding, step_fn, loss_fn)
 
 
-def check_finite(step: int, metrics: dict) -> None:
-    """NonFiniteLoss naming the step and every non-finite loss term. grad_norm is checked too: a
-    finite loss with non-finite gradients has already poisoned the updated state."""
-    checked = sorted(k for k in metrics if k.startswith("loss")) + [k for k in ("grad_norm",) if k in metrics]
-    bad = {key: float(metrics[key]) for key in checked if not math.isfinite(float(metrics[key]))}
-    if bad:
-        terms = ", ".join(f"{key} is {value}" for key, value in bad.items())
-        raise NonFiniteLoss(f"step {step}: {terms}; stopping. The last checkpoint (if any) was saved "
-                            "before this step and is intact.")
-
-
 def host_metrics(local: dict) -> dict:
     """Per-process data counters, summed over processes."""
     values = np.array([float(local.get(k, 0)) for k in HOST_METRICS])
@@ -173,9 +161,10 @@ def host_metrics(local: dict) -> dict:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          eval_hook: Optional[Callable[[Trainer, TrainState], dict]] = None) -> TrainState:
+          eval_hook: Optional[Callable[[Trainer, TrainState], dict]] = None, metrics_lag: int = 1) -> TrainState:
     """Runs (or resumes) training to config.total_steps (or config.stop_after_steps more steps);
-    returns the final state."""
+    returns the final state. `metrics_lag` 0 reads every step's metrics before dispatching the next
+    (the host then waits on the device each step: for debugging, and benchmarks/loop_sync.py)."""
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
@@ -195,13 +184,19 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         stop_after = config.get("stop_after_steps", 0)
         end = min(config.total_steps, start + stop_after) if stop_after else config.total_steps
         last_log = (time.perf_counter(), start)
+        pending = PendingMetrics(metrics_lag)
         with PreemptionGuard() as guard:
             for step in range(start + 1, end + 1):
                 local = next(data_iter)
                 state, step_metrics = trainer.step_fn(state, trainer.global_batch(local))
-                step_metrics = jax.device_get(step_metrics)
-                check_finite(step, step_metrics)
-                if step % config.log_every == 0 or step == config.total_steps:
+                pending.add(step, step_metrics)  # reads (and checks) the previous step's
+                log = step % config.log_every == 0 or step == config.total_steps
+                evaluate = eval_hook is not None and config.eval_every and step % config.eval_every == 0
+                stop = guard.should_stop()
+                save = stop or step == end or checkpoints.should_save(step)
+                if log or evaluate or save:
+                    step_metrics = pending.flush()  # every step up to this one is finite
+                if log:
                     now = time.perf_counter()
                     rate = config.batch_size * (step - last_log[1]) / max(now - last_log[0], 1e-9)
                     last_log = (now, step)
@@ -209,9 +204,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                               "examples_per_sec": rate}
                     writer.write(step, record)
                     writer.progress_line(step, record, rate)
-                if eval_hook is not None and config.eval_every and step % config.eval_every == 0:
+                if evaluate:
                     writer.write(step, {f"eval/{k}": v for k, v in eval_hook(trainer, state).items()})
-                stop = guard.should_stop()
                 checkpoints.save(step, state, data_iter, force=stop or step == end)
                 if stop:
                     logging.warning("preemption requested: checkpoint saved at step %d, exiting", step)
@@ -221,7 +215,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     logging.info("config.stop_after_steps=%d: stopped at step %d of %d (checkpoint saved)",
                                  stop_after, end, config.total_steps)
     finally:
-        # Finishes pending (async) checkpoint writes, also when a step raised (NonFiniteLoss).
+        # Finishes pending (async) checkpoint writes, also when a step raised (step_metrics.NonFiniteLoss).
         checkpoints.close()
         writer.close()
     return state
