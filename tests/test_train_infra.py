@@ -280,11 +280,26 @@ def test_metrics_jsonl_truncate_and_progress(tmp_path):
 def test_preemption_guard_catches_sigterm():
     before = signal.getsignal(signal.SIGTERM)
     with preemption.PreemptionGuard() as guard:
-        assert not guard.requested and not guard.should_stop()
+        assert not guard.requested and not guard.should_stop(1)
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(100):  # the Python-level handler runs at the main thread's next check
             if guard.requested:
                 break
             time.sleep(0.01)
-        assert guard.requested and guard.should_stop()
+        assert guard.requested and guard.should_stop(1)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_multi_host_preemption_polls_only_every_n_steps(monkeypatch):
+    """The all-gather that agrees on a stop waits for the device, so processes run it every
+    poll_every-th step only; in between the flag waits (and a bad interval is refused by name)."""
+    gathered = []
+    monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(preemption.multihost_utils, "process_allgather",
+                        lambda flag: gathered.append(bool(flag)) or np.array([bool(flag), False]))
+    with preemption.PreemptionGuard(poll_every=5) as guard:
+        guard._handle(signal.SIGTERM, None)
+        assert [guard.should_stop(step) for step in range(1, 6)] == [False] * 4 + [True]
+    assert gathered == [True]
+    with pytest.raises(ValueError, match="preemption_poll_every=0"):
+        preemption.PreemptionGuard(poll_every=0)

@@ -27,6 +27,9 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     c.every_steps = 1000  # `save` writes only on multiples of this (force=True overrides)
     c.max_to_keep = 3  # newest N kept; None keeps all
     c.async_save = True  # write in a background thread while training continues
+    # Multi-host: how often the processes agree whether any was sent SIGTERM (a collective that waits
+    # for the device, so not every step); single-process runs check their own flag every step.
+    c.preemption_poll_every = 10
     return c
 
 

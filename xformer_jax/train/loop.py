@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -155,7 +156,6 @@ def host_metrics(local: dict) -> dict:
     """Per-process data counters, summed over processes."""
     values = np.array([float(local.get(k, 0)) for k in HOST_METRICS])
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         values = np.asarray(multihost_utils.process_allgather(values)).sum(axis=0)
     return dict(zip(HOST_METRICS, values.tolist()))
 
@@ -185,14 +185,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         end = min(config.total_steps, start + stop_after) if stop_after else config.total_steps
         last_log = (time.perf_counter(), start)
         pending = PendingMetrics(metrics_lag)
-        with PreemptionGuard() as guard:
+        with PreemptionGuard(poll_every=config.checkpoint.preemption_poll_every) as guard:
             for step in range(start + 1, end + 1):
                 local = next(data_iter)
                 state, step_metrics = trainer.step_fn(state, trainer.global_batch(local))
                 pending.add(step, step_metrics)  # reads (and checks) the previous step's
                 log = step % config.log_every == 0 or step == config.total_steps
                 evaluate = eval_hook is not None and config.eval_every and step % config.eval_every == 0
-                stop = guard.should_stop()
+                stop = guard.should_stop(step)
                 save = stop or step == end or checkpoints.should_save(step)
                 if log or evaluate or save:
                     step_metrics = pending.flush()  # every step up to this one is finite
@@ -224,7 +224,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 def _all_processes(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
     return bool(np.all(multihost_utils.process_allgather(np.array(flag))))
 
 
