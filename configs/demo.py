@@ -15,7 +15,7 @@ from configs import common
 
 VARIANTS = ("stage1", "stage2")
 FRESH_PARAMS = r"^qformer/(query_tokens|ln_vision|vision_proj|text_proj|itm_head)\b|/crossattention/|^dual/"
-FRESH_LR_SCALE = 10.0
+FRESH_LR_SCALE = 30.0
 
 
 def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
@@ -52,9 +52,9 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     config.data.synthetic.update(num_train=2048, num_val=64, num_test=64, image_size=image)
     config.optim.update(lr=1e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=20)
     # The params no checkpoint initialises (queries, cross-attention, ln_vision, ITC / ITM heads, the fusion
-    # block; not temp) train at FRESH_LR_SCALE x lr: at 1e-4 for 200 steps they barely leave their N(0, 0.02)
-    # init, the ITM pass's queries then hardly depend on image or text and ITM stays at its 1:2 prior
-    # (BLIP-2's one lr has 250k steps to get there). README "Quick start" has the measurement.
+    # block; not temp, not BERT's) train at FRESH_LR_SCALE x lr: at 1e-4 for 200 steps they barely leave their
+    # N(0, 0.02) init, the ITM pass's queries then hardly depend on image or text and ITM stays at its 1:2
+    # prior (BLIP-2's one lr has 250k steps to get there). README "Quick start" has the measurements.
     config.optim.lr_scales = ((FRESH_PARAMS, FRESH_LR_SCALE),)
     if arg == "stage2":
         config.stage = "stage2"
