@@ -31,5 +31,8 @@ setup(
         "torch": ["torch>=2.13.0", "transformers>=5.24.0"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
+        # launch/plan.py --target=tpu-*/gpu: the TPU and GPU compilers, run on a CPU host with no chip
+        # attached (libtpu and the CUDA PJRT plugin; no CUDA runtime wheels).
+        "plan": ["jax[tpu]>=0.10.2", "jax-cuda12-plugin>=0.10.2", "jax-cuda12-pjrt>=0.10.2"],
     },
 )

@@ -1,78 +1,47 @@
 """Stage-1 and stage-2 train steps of a ViT-L-sized X-Former in bfloat16 on one accelerator, as one JSON object.
 
   python benchmarks/gpu_report.py           # ViT-L sizes on the first device (a few minutes on one H100 / H200)
-  python benchmarks/gpu_report.py --tiny    # tests/tiny.py sizes: a seconds-long smoke run, on CPU too
+  python benchmarks/gpu_report.py --tiny    # xformer_jax/configs/tiny.py sizes: a seconds-long smoke run, CPU too
 
-Sizes (random weights, nothing is read): CLIP ViT-L/14 at 224 px (24 layers, width 1024, penultimate-layer
-features), MAE ViT-L/16 with its 8-layer, 512-wide decoder, a BERT-base Q-Former (12 layers, 32 queries,
-cross-attention every 2nd layer), the X-Former dual block after the Q-Former with MAE mask ratio 0.5, and for
-stage 2 an OPT-1.3B-shaped frozen LLM (24 layers, width 2048). Compute in bfloat16, frozen towers stored in
-bfloat16, params and losses in float32, as configs/paper.py trains.
+Sizes (xformer_jax/configs/vit_l.py; random weights, nothing is read): CLIP ViT-L/14 at 224 px (24 layers,
+width 1024, penultimate-layer features), MAE ViT-L/16 with its 8-layer, 512-wide decoder, a BERT-base Q-Former
+(12 layers, 32 queries, cross-attention every 2nd layer), the X-Former dual block after the Q-Former with MAE
+mask ratio 0.5, and for stage 2 an OPT-1.3B-shaped frozen LLM (24 layers, width 2048). Compute in bfloat16,
+frozen towers stored in bfloat16, params and losses in float32, as configs/paper.py trains.
 
 Per stage: examples/s over timed steps after warm-up, XLA's FLOPs per step (cost analysis of the compiled step:
 XLA's own count, recomputation included; custom calls it cannot see, such as fused attention kernels, count
-zero) and the model FLOPs utilisation: achieved FLOP/s over the chip's dense bf16 peak (PEAK_BF16_TFLOPS, or
---peak_tflops). The step runs on the first device alone, so every figure is per chip.
+zero) and the model FLOPs utilisation: achieved FLOP/s over the chip's dense bf16 peak
+(xformer_jax/profiling.py's PEAK_BF16_TFLOPS, or --peak_tflops). The step runs on the first device alone, so
+every figure is per chip. Next to the measured step time: the roofline lower bound of the same step
+(launch/plan.py's: matmul FLOPs counted on the step's jaxpr over the peak, XLA's bytes accessed over the chip's
+HBM bandwidth from xformer_jax/plan/chips.py) and how far above it the measured step is, so the first real
+run says how close to the bound we are.
 """
 import argparse
+import dataclasses
 import json
 import pathlib
-import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
+import common
+import jax
+import ml_collections
+import numpy as np
 
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import paper  # noqa: E402
-from xformer_jax.train import build, loop  # noqa: E402
-
-# Dense bf16 peak per chip in TFLOP/s, from the vendors' datasheets (NVIDIA lists "with sparsity", twice
-# these): H100 SXM and H200 SXM 989 ("1,979 teraFLOPS" sparse; the H200 has the H100's compute with more
-# memory), H100 / H200 NVL 835 (1,671 sparse), H100 PCIe 756 (1,513 sparse), A100 312; Google Cloud TPU
-# v4 275, v5e 197, v5p 459, v6e (Trillium) 918. A large bf16 matmul reaches about 790 TFLOP/s on an H200
-# (80% of its datasheet peak), the practical ceiling of any step. First match of the device kind wins.
-PEAK_BF16_TFLOPS = (
-    ("H200 NVL", 835.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H200", 989.0), ("H100", 989.0),
-    ("A100", 312.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v5p", 459.0),
-    ("TPU v6 lite", 918.0), ("TPU v6e", 918.0),
-)
-OPT_1_3B = dict(hidden_size=2048, num_hidden_layers=24, ffn_dim=8192, num_attention_heads=32)
-
-
-def peak_tflops(device_kind: str):
-    """The datasheet peak of a jax device_kind, or None for a chip not in the table (CPU)."""
-    return next((peak for name, peak in PEAK_BF16_TFLOPS if name.lower() in device_kind.lower()), None)
-
+from xformer_jax.configs import tiny, vit_l
+from xformer_jax.plan import chips, flops as flop_count
+from xformer_jax.profiling import peak_tflops
+from xformer_jax.train import build, loop
 
 def vit_l_configs(batches: tuple[int, int]) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-    """configs/paper.py's stage-1 / stage-2 setups with ViT-L towers and an OPT-1.3B-shaped LLM."""
-    configs = []
-    for variant in ("stage1", "stage2_opt2.7b"):
-        config = paper.get_config(variant)
-        config.model.vision.update(kind="clip", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                   intermediate_size=4096, image_size=224, patch_size=14, hidden_act="quick_gelu",
-                                   layer_norm_eps=1e-5, feature_layer=-2)
-        config.model.mae.update(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                                decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
-                                decoder_intermediate_size=2048, image_size=224, patch_size=16)
-        config.model.qformer.encoder_width = 1024
-        if variant.startswith("stage2"):
-            config.model.llm.update(**OPT_1_3B)
-        configs.append(config)
-    return _for_benchmark(configs, batches)
+    """xformer_jax/configs/vit_l.py's stage-1 / stage-2 configs."""
+    return _for_benchmark([vit_l.get_config("stage1"), vit_l.get_config("stage2")], batches)
 
 
 def tiny_configs(batches: tuple[int, int]) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-    """tests/tiny.py's stage-1 / stage-2 configs, in bfloat16 as the full report runs."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import tiny
+    """xformer_jax/configs/tiny.py's stage-1 / stage-2 configs, in bfloat16 as the full report runs."""
     workdir = pathlib.Path(tempfile.gettempdir()) / "gpu_report_tiny"
     configs = [tiny.tiny_config(workdir), tiny.tiny_stage2_config(workdir, tokenizer_path="")]
     for config in configs:
@@ -115,6 +84,7 @@ def run_stage(config, device, warmup: int, iters: int, peak) -> dict:
     compiled = trainer.step_fn.lower(trainer.state, batch).compile()
     compile_s = time.perf_counter() - start
     flops, bytes_accessed = common.compiled_cost(compiled)
+    model_flops = flop_count.matmul_flops(trainer.step_fn, trainer.state, batch)  # counted on the jaxpr (plan/flops.py)
     holder = {"state": trainer.state}
 
     def step():
@@ -124,17 +94,22 @@ def run_stage(config, device, warmup: int, iters: int, peak) -> dict:
     step_s = common.time_calls(step, warmup, iters)
     losses = {k: float(v) for k, v in jax.device_get(step()).items() if k.startswith("loss")}
     achieved = flops / step_s
+    chip = chips.for_device_kind(device.device_kind)
+    bound = None if chip is None or peak is None else chips.roofline(
+        dataclasses.replace(chip, peak_bf16_tflops=peak), model_flops, bytes_accessed, model_flops)
     return {"batch": config.batch_size, "build_and_compile_s": round(compile_s, 1), "step_s": step_s,
             "examples_per_s": config.batch_size / step_s, "xla_flops_per_step": flops,
             "xla_bytes_accessed_per_step": bytes_accessed, "achieved_tflops_per_s": achieved / 1e12,
             "mfu": None if peak is None else achieved / (peak * 1e12),
+            "model_flops_per_step": model_flops, "roofline": bound,
+            "step_s_over_roofline": None if bound is None else step_s / bound["step_s_lower_bound"],
             "trainable_params": common.count_params(holder["state"].params),
             "frozen_params": common.count_params(holder["state"].frozen), "last_losses": losses}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="tests/tiny.py sizes (a smoke run, CPU is fine)")
+    parser.add_argument("--tiny", action="store_true", help="xformer_jax/configs/tiny.py sizes (a smoke run, CPU too)")
     parser.add_argument("--stage1_batch", type=int, default=0, help="default 128 (8 with --tiny)")
     parser.add_argument("--stage2_batch", type=int, default=0, help="default 64 (8 with --tiny)")
     parser.add_argument("--warmup", type=int, default=2)

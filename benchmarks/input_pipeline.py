@@ -16,18 +16,15 @@ import json
 import math
 import os
 import random
-import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from xformer_jax.data import QFormerTokenizer, default_data_config, make_train_iterator  # noqa: E402
-from xformer_jax.data.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from xformer_jax.data.transforms import clean_caption  # noqa: E402
+from xformer_jax.data import QFormerTokenizer, default_data_config, make_train_iterator
+from xformer_jax.data.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from xformer_jax.data.transforms import clean_caption
 
 
 def write_images(root: str, num_images: int) -> str:

@@ -9,11 +9,8 @@ gradients, attention projections and per-head attention scores.
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
 THREADS = common.limit_threads()
 

@@ -7,19 +7,16 @@ Prints one JSON object: per variant total / trainable / frozen (vision, mae) cou
 breakdown, and the trainable params each variant adds over blip2 (the paper: X-Former adds ~20M).
 """
 import argparse
-import importlib
 import json
 import os
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xformer_jax.configs import cli  # noqa: E402
 from xformer_jax.models import xformer  # noqa: E402
 from xformer_jax.train import build, partitioning  # noqa: E402
 
@@ -32,13 +29,6 @@ VARIANTS = {
     "xformer_per_xattn_layer": ("xformer", "per_xattn_layer"),
 }
 FUSION_KEYS = ("dual", "duals", "mae_xattn", "mae_to_clip")
-
-
-def load_config(spec: str):
-    """'configs/NAME.py[:ARG]' -> ConfigDict."""
-    path, _, arg = spec.partition(":")
-    module = importlib.import_module(os.path.splitext(path)[0].replace(os.sep, "."))
-    return module.get_config(arg) if arg else module.get_config()
 
 
 def _size(tree) -> int:
@@ -94,7 +84,7 @@ def main():
     if unknown:
         parser.error(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
     start = time.perf_counter()
-    results = counts(load_config(args.config), variants)
+    results = counts(cli.load_file(args.config), variants)
     print(json.dumps({"config": args.config, "variants": results,
                       "seconds": round(time.perf_counter() - start, 1)}, indent=1))
 

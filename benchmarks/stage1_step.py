@@ -7,7 +7,7 @@ and an AdamW step on the trainable params (towers frozen). Same config, batch, d
 XLA's FLOPs per step (cost analysis of the compiled step) and the achieved FLOP/s.
 
   python benchmarks/stage1_step.py                 # configs/demo.py:stage1 sizes, random Q-Former, batch 16
-  python benchmarks/stage1_step.py --small         # tests/tiny.py sizes, a quick check
+  python benchmarks/stage1_step.py --small         # xformer_jax/configs/tiny.py sizes, a quick check
   python benchmarks/stage1_step.py --batch 32 --iters 10 --torch_itg joint
   python benchmarks/stage1_step.py --threads 1    # both on one core (fairer on a busy machine)
   python benchmarks/stage1_step.py --dtype bfloat16
@@ -23,16 +23,12 @@ import argparse
 import json
 import os
 import pathlib
-import sys
 import tempfile
 import time
 from typing import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # noqa: E402
-
-from common import count_params, synthetic_batch, xla_flops  # noqa: E402
+import common
+from common import count_params, synthetic_batch, xla_flops
 
 THREADS = common.limit_threads()  # before jax / torch start
 
@@ -41,14 +37,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import torch_stage1  # noqa: E402
-from configs import demo  # noqa: E402
+from xformer_jax.configs import demo, tiny  # noqa: E402
 from xformer_jax.train import build, loop  # noqa: E402
 
 
 def make_config(small: bool, batch: int):
     if small:
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-        import tiny  # noqa: E402
         config = tiny.tiny_config(pathlib.Path(tempfile.gettempdir()) / "stage1_step_bench")
     else:
         config = demo.get_config("stage1")
@@ -142,7 +136,7 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--small", action="store_true", help="tests/tiny.py sizes")
+    parser.add_argument("--small", action="store_true", help="xformer_jax/configs/tiny.py sizes")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype: config.model.dtype for ours, torch.autocast for the reference")
     parser.add_argument("--torch_itg", choices=("cache", "joint"), default="cache",
@@ -156,7 +150,7 @@ def main():
     config.model.dtype = args.dtype
     model_config = build.stage1_config(config.model)
     local = synthetic_batch(model_config, args.batch, config.data.max_len)
-    results = {"config": "tests/tiny.py" if args.small else "configs/demo.py:stage1 (random Q-Former)",
+    results = {"config": "xformer_jax/configs/tiny.py" if args.small else "configs/demo.py:stage1 (random Q-Former)",
                "model": summary(config, model_config), "batch": args.batch, "dtype": args.dtype,
                "warmup": args.warmup, "iters": args.iters, "timing": "interleaved jax/torch steps"}
     jax_info, jax_step = setup_jax(config, local)

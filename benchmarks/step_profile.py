@@ -5,142 +5,30 @@ executed op with its instruction in the compiled step's HLO, which says whether 
 or a library fusion around one), how many FLOPs it does and which model code made it (op_name
 metadata). Prints one JSON object: step seconds, matmul time / GFLOP / GFLOP/s and share, time by pass
 (ITM, ITC text, ITG text, LM head, image queries, fusion, towers, optimizer) split into matmul and
-other ops, forward and backward, and the slowest ops.
+other ops, forward and backward, and the slowest ops (the analysis is xformer_jax/profiling.py's).
 
   python benchmarks/step_profile.py --threads 1     # configs/demo.py:stage1 sizes on one core
-  python benchmarks/step_profile.py --small         # tests/tiny.py sizes, a quick check
+  python benchmarks/step_profile.py --small         # xformer_jax/configs/tiny.py sizes, a quick check
 """
 import argparse
-import collections
 import json
-import math
-import os
-import re
-import sys
-import tempfile
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # noqa: E402
+import common
 
 THREADS = common.limit_threads()
 
 import jax  # noqa: E402
 
 import stage1_step  # noqa: E402
+from xformer_jax import profiling  # noqa: E402
 from xformer_jax.train import build, loop  # noqa: E402
-
-# op_name fragments -> pass, first match wins (the model's method names, see models/xformer.py)
-PASSES = (("itm_logits", "itm"), ("lm_logits", "lm_head"), ("decoder_hidden", "itg_text"),
-          ("encode_text", "itc_text"), ("_finish", "fusion"), ("reconstruct", "mae_decoder"),
-          ("query_pass", "image_queries"), ("query_states", "image_queries"), ("encode_images", "towers"))
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
-_ARRAY = re.compile(r"^\w+\[([\d,]*)\]")
-
-
-def parse_hlo(text: str) -> tuple[dict, dict]:
-    """(instructions name -> (shape, opcode, rest of line), computations name -> instruction names)."""
-    instructions, computations, current = {}, {}, None
-    for line in text.splitlines():
-        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
-            current = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
-            computations[current] = []
-            continue
-        match = _INSTRUCTION.match(line)
-        if match and current is not None:
-            name, shape, opcode, rest = match.groups()
-            array = _ARRAY.match(shape)  # tuple-shaped results have no dims of their own
-            instructions[name] = ([int(d) for d in array.group(1).split(",") if d] if array else [], opcode, rest)
-            computations[current].append(name)
-    return instructions, computations
-
-
-def dot_flops(instructions: dict, name: str) -> float:
-    """2 * output elements * contracted size of one dot instruction."""
-    shape, _, rest = instructions[name]
-    lhs = instructions.get(rest.split(",")[0].strip().split()[-1].lstrip("%"))
-    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
-    contracted = math.prod(lhs[0][int(d)] for d in contracting.group(1).split(",") if d) if lhs and contracting else 1
-    return 2.0 * math.prod(shape) * contracted
-
-
-def matmul_flops(instructions: dict, computations: dict, name: str) -> float:
-    """FLOPs of the dots an executed op runs (itself, or inside the computation a fusion calls); 0: none."""
-    _, opcode, rest = instructions[name]
-    if opcode == "dot":
-        return dot_flops(instructions, name)
-    called = re.search(r"calls=%([\w.\-]+)", rest)
-    if opcode != "fusion" or not called:
-        return 0.0
-    return sum(dot_flops(instructions, inner) for inner in computations.get(called.group(1), ())
-               if instructions[inner][1] == "dot")
-
-
-def pass_of(op_name: str) -> tuple[str, str]:
-    """(pass, "forward" / "backward" / "update") of an op from its op_name metadata."""
-    if "jvp(" not in op_name:
-        return "optimizer", "update"
-    direction = "backward" if "transpose(jvp(" in op_name else "forward"
-    return next((label for key, label in PASSES if key in op_name), "other"), direction
-
-
-def trace_ops(step, steps: int) -> dict:
-    """Per-op seconds per step (op name -> s) over `steps` traced steps."""
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir):
-            for _ in range(steps):
-                step()
-        paths = [os.path.join(root, f) for root, _, files in os.walk(trace_dir) for f in files
-                 if f.endswith(".xplane.pb")]
-        if not paths:
-            raise RuntimeError(f"jax.profiler wrote no .xplane.pb under {trace_dir}")
-        data = jax.profiler.ProfileData.from_file(paths[0])
-    seconds = collections.Counter()
-    for plane in data.planes:
-        for line in plane.lines:
-            for event in line.events:
-                seconds[event.name] += event.duration_ns / 1e9 / steps
-    return seconds
-
-
-def summarise(seconds: dict, hlo: str, step_s: float, top: int) -> dict:
-    instructions, computations = parse_hlo(hlo)
-    by_pass = collections.defaultdict(lambda: collections.Counter())
-    matmul_s = matmul_flop = other_s = 0.0
-    ops = []
-    for name, s in seconds.items():
-        if name not in instructions:  # runtime events (executor, python), not ops of the step
-            continue
-        metadata = re.search(r'op_name="([^"]*)"', instructions[name][2])
-        label, direction = pass_of(metadata.group(1) if metadata else "")
-        flops = matmul_flops(instructions, computations, name)
-        kind = "matmul" if flops else "other"
-        by_pass[label][f"{kind}_ms"] += 1e3 * s
-        by_pass[label][f"{direction}_ms"] += 1e3 * s
-        if flops:
-            matmul_s, matmul_flop = matmul_s + s, matmul_flop + flops
-        else:
-            other_s += s
-        ops.append({"op": name, "ms": round(1e3 * s, 3), "pass": label, "direction": direction,
-                    "gflop_per_s": round(flops / s / 1e9, 1) if flops else None})
-    ops.sort(key=lambda o: -o["ms"])
-    total = matmul_s + other_s
-    return {"step_s": step_s, "traced_ops_s": total,
-            "matmul": {"ms": 1e3 * matmul_s, "gflop": matmul_flop / 1e9,
-                       "gflop_per_s": matmul_flop / matmul_s / 1e9 if matmul_s else None,
-                       "share": matmul_s / total if total else None},
-            "other_ms": 1e3 * other_s,
-            "by_pass": {k: {m: round(v, 1) for m, v in c.items()}
-                        for k, c in sorted(by_pass.items(), key=lambda kv: -sum(kv[1].values()))},
-            "top_ops": ops[:top]}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=2, help="traced steps (after two untraced ones)")
-    parser.add_argument("--small", action="store_true", help="tests/tiny.py sizes")
+    parser.add_argument("--small", action="store_true", help="xformer_jax/configs/tiny.py sizes")
     parser.add_argument("--top", type=int, default=15, help="how many of the slowest ops to list")
     parser.add_argument("--threads", type=int, default=0, help="pin to this many cores (0: all)")
     args = parser.parse_args()
@@ -156,8 +44,8 @@ def main():
 
     step_s = common.time_calls(step, warmup=2, iters=max(args.steps, 1))
     hlo = trainer.step_fn.lower(holder["state"], batch).compile().as_text()
-    result = summarise(trace_ops(step, args.steps), hlo, step_s, args.top)
-    result.update(config="tests/tiny.py" if args.small else "configs/demo.py:stage1 (random Q-Former)",
+    result = profiling.summarise(profiling.trace_ops(step, args.steps), hlo, step_s, args.top)
+    result.update(config="xformer_jax/configs/tiny.py" if args.small else "configs/demo.py:stage1 (random Q-Former)",
                   batch=args.batch, machine={**common.machine(), "threads": THREADS})
     print(json.dumps(result, indent=2))
 

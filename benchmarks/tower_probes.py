@@ -16,10 +16,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import demo as demo_config  # noqa: E402
-from xformer_jax import recipe  # noqa: E402
-from xformer_jax.eval import probes  # noqa: E402
+from xformer_jax import recipe
+from xformer_jax.configs import demo as demo_config
+from xformer_jax.eval import probes
 
 
 def pixel_probes(paths: dict, config) -> dict:

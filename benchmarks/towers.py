@@ -6,19 +6,15 @@ Same config, batch, dtype and inputs in one process; prints JSON with the ratio 
 """
 import argparse
 import json
-import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
+import jax
+import numpy as np
+import torch
+import transformers as T
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers as T  # noqa: E402
-
-from xformer_jax.convert import from_hf  # noqa: E402
+from xformer_jax.convert import from_hf
 
 VIT_B16 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                image_size=224, patch_size=16)

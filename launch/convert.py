@@ -14,9 +14,7 @@ conversion: set config.model.qformer.bert_dir (printed too).
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion computes nothing worth an accelerator
 
@@ -29,7 +27,7 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an existing workdir")
     args = parser.parse_args(argv)
 
-    from configs import common
+    from xformer_jax.configs import common
     from xformer_jax.convert import CheckpointMismatch
     from xformer_jax import hf_import
     try:

@@ -20,21 +20,19 @@ import copy
 import json
 import logging
 import os
-import sys
 import textwrap
 
 import jax
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import demo as demo_config  # noqa: E402
-from xformer_jax import plots, recipe  # noqa: E402
-from xformer_jax.data import pipeline, synthetic  # noqa: E402
-from xformer_jax.eval import attributes, probes  # noqa: E402
-from xformer_jax.models import mae as mae_lib  # noqa: E402
-from xformer_jax.predict import rankings  # noqa: E402
-from xformer_jax.train import build  # noqa: E402
+from xformer_jax import plots, recipe
+from xformer_jax.configs import demo as demo_config
+from xformer_jax.data import pipeline, synthetic
+from xformer_jax.eval import attributes, probes
+from xformer_jax.models import mae as mae_lib
+from xformer_jax.predict import rankings
+from xformer_jax.train import build
 
 NUM_EXAMPLES = 8
 

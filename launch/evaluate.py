@@ -37,9 +37,7 @@ Image paths are relative to --image_root. The synthetic benchmark ships every on
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 QUESTION_MODES = ("vqa", "gqa", "count")

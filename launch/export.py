@@ -12,9 +12,7 @@ same names plus the fusion and MAE weights) for xformer_jax.torch:
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # reading a checkpoint needs no accelerator
 

@@ -7,9 +7,7 @@ Prints one JSON object per image. Decoding: beam search (BLIP-2: 5 beams), stopp
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

@@ -22,9 +22,9 @@ import subprocess
 import sys
 import time
 
+from xformer_jax import remote_args
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from launch import remote_args  # noqa: E402
 
 
 def expand_nodelist(nodelist: str) -> list[str]:

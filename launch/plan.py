@@ -1,6 +1,13 @@
-"""Compile the stage-1 train step for a simulated mesh and print per-device memory and FLOPs per step.
+"""Compile the train step for a mesh of N chips and print per-chip memory, FLOPs and the roofline step time.
 
   launch/plan.py --config=configs/paper.py:stage1 --devices=64 [--hbm_gib=32] [--config.KEY=VALUE ...]
+  launch/plan.py --config=configs/paper.py:stage2_opt6.7b --target=a100-40gb --devices=16
+  launch/plan.py --config=configs/paper.py:stage1 --target=tpu-v5p --devices=16 --config.batch_size=1664
+
+--target: cpu (default: N fake CPU devices and XLA:CPU's estimate, no extra packages) or a real chip,
+compiled by that chip's own compiler with no chip attached (`pip install -c constraints.txt -e '.[plan]'`):
+tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e (libtpu's topology of an N-chip slice), a100-40gb, a100-80gb, h100,
+h200 (the CUDA plugin's deviceless compiler, hosts of 8 GPUs); specs in xformer_jax/plan/chips.py.
   launch/plan.py --config=configs/paper.py:stage1 --devices=32 --config.batch_size=1664 \
       --config.mesh.data=2 --config.mesh.fsdp=16 --config.model.qformer.remat=True
 
@@ -14,12 +21,19 @@ activation sharding constraints apply.
 The global batch must divide over data * fsdp (1680 does not over 32 or 64 devices: the error names
 the nearest sizes that do). LLVM optimisation of the never-run CPU code is skipped (--fast_compile).
 
-Prints a table and, as its last line, one JSON object. Memory comes from XLA's buffer assignment
-for the *CPU* backend (`compiled.memory_analysis()`): argument, output, alias (donated) and temp
-bytes per device, and the peak estimate argument + output - alias + temp. TPU / GPU compilers fuse,
-lay out and rematerialise differently, so read it as an estimate (typically within tens of percent),
-not a guarantee. FLOPs are `compiled.cost_analysis()["flops"]` of the partitioned (per-device)
-program; the total is that times the device count.
+Prints a table and, as its last line, one JSON object. Memory comes from the target compiler's buffer
+assignment (`compiled.memory_analysis()`): argument, output, alias (donated) and temp bytes per device,
+and the peak argument + output - alias + temp. XLA:CPU fuses and rematerialises differently from the TPU
+and GPU compilers (it overestimated a TPU's temporaries 1.7x, and ignores remat): plan on a real target.
+Not in any estimate: cuBLAS / cuDNN / NCCL workspaces and the GPU allocator's reserve, hence the 10%
+headroom `fits_with_headroom` asks for.
+
+FLOPs: `flops_per_device` is the compiler's cost analysis where it has one (XLA:TPU, XLA:CPU; both count
+a scanned layer once), else the matmul FLOPs counted on the step's jaxpr (`flops_source` says which).
+The roofline uses the jaxpr count of the step as configured (rematerialisation included), the compiler's
+bytes accessed where it reports them (TPU, CPU; XLA:GPU reports none, so its memory bound reads the
+argument + output bytes once: `bytes_accessed_source`), and the MFU bound divides the model FLOPs (the
+same count with remat off) by that time at the chip's peak.
 """
 import os
 import re
@@ -50,30 +64,41 @@ def _force_cpu_devices(n: int) -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
-if __name__ == "__main__":
-    _force_cpu_devices(_devices_from_argv(sys.argv))
+def _target_from_argv(argv) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--target="):
+            return arg.split("=", 1)[1]
+        if arg == "--target" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "cpu"
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+
+if __name__ == "__main__":
+    if _target_from_argv(sys.argv) == "cpu":
+        _force_cpu_devices(_devices_from_argv(sys.argv))
+    else:  # the TPU / GPU devices are deviceless topologies; nothing runs but on the CPU
+        os.environ["JAX_PLATFORMS"] = "cpu"
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Optional  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+from xformer_jax.configs import cli  # noqa: E402
 from xformer_jax.models import xformer  # noqa: E402
+from xformer_jax.plan import chips, flops as flop_count, targets  # noqa: E402
 from xformer_jax.train import loop, partitioning  # noqa: E402
 
 GIB = 1024 ** 3
+HEADROOM = 0.9  # plan peaks at <= 90% of HBM: workspaces and the allocator's reserve are not in the estimate
 # The CPU executable is never run: skip LLVM's expensive optimisation of the generated code. HLO
 # passes, buffer assignment (memory_analysis) and cost_analysis are unaffected (same figures).
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -129,9 +154,9 @@ def abstract_batch(config: ml_collections.ConfigDict, model_config: xformer.Stag
     return batch
 
 
-def abstract_trainer(config: ml_collections.ConfigDict) -> AbstractTrainer:
+def abstract_trainer(config: ml_collections.ConfigDict, devices=None) -> AbstractTrainer:
     """`loop.make_trainer` without allocating anything: same mesh, shardings, state layout and step."""
-    layout = loop.model_layout(config)
+    layout = loop.model_layout(config, devices)
     check_batch(config, layout.mesh)
     params = partitioning.unbox(jax.eval_shape(layout.init, jax.random.key(config.seed)))
     frozen_names = layout.model_config.frozen_collections
@@ -163,23 +188,56 @@ def _cost(compiled) -> dict:
     return cost or {}
 
 
-def plan(config: ml_collections.ConfigDict, hbm_gib: float = 32.0, fast_compile: bool = True) -> dict:
-    """Lowers and compiles the step abstractly; returns the figures as a JSON-able dict."""
+REMAT_SECTIONS = ("vision", "mae", "qformer", "llm")
+
+
+def _remat(config: ml_collections.ConfigDict) -> dict:
+    return {k: config.model[k].get("remat", False) for k in REMAT_SECTIONS if config.model.get(k) is not None}
+
+
+def without_remat(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same run with every remat off: its step's FLOPs are the model FLOPs."""
+    out = config.copy_and_resolve_references()
+    for k, value in _remat(out).items():
+        out.model[k].remat = type(value)()  # False, or "" for a policy name (config fields keep their type)
+    return out
+
+
+def step_flops(config: ml_collections.ConfigDict, devices) -> float:
+    trainer = abstract_trainer(config, devices)
+    return flop_count.matmul_flops(trainer.step_fn, trainer.state, trainer.batch)
+
+
+def plan(config: ml_collections.ConfigDict, hbm_gib: Optional[float] = None, fast_compile: bool = True,
+         target: str = "cpu", devices=None) -> dict:
+    """Lowers and compiles the step abstractly for `target` (devices: its deviceless devices; None for
+    the simulated CPU mesh); returns the figures as a JSON-able dict."""
+    chip = None if target == "cpu" else chips.chip(target)
+    hbm_gib = hbm_gib or (chip.hbm_gib if chip else 32.0)
     t0 = time.perf_counter()
-    trainer = abstract_trainer(config)
+    trainer = abstract_trainer(config, devices)
     t1 = time.perf_counter()
     lowered = trainer.step_fn.lower(trainer.state, trainer.batch)
     t2 = time.perf_counter()
-    compiled = lowered.compile(FAST_COMPILE if fast_compile else None)
+    compiled = lowered.compile(FAST_COMPILE if target == "cpu" and fast_compile else targets.compiler_options(target))
     t3 = time.perf_counter()
+    executed = flop_count.matmul_flops(trainer.step_fn, trainer.state, trainer.batch)
+    model = executed if not any(_remat(config).values()) else step_flops(without_remat(config), devices)
+    t4 = time.perf_counter()
 
     mem = compiled.memory_analysis()
     argument, output = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
     alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
     peak = argument + output - alias + temp
     cost = _cost(compiled)
-    flops = float(cost.get("flops", 0.0))
     n = trainer.mesh.size
+    compiler_flops = cost.get("flops")
+    flops = float(compiler_flops) if compiler_flops else executed / n
+    bytes_accessed = cost.get("bytes accessed")
+    # XLA:GPU reports none: every step reads its arguments and writes its outputs at least once.
+    bytes_source = "compiler cost analysis" if bytes_accessed else "argument + output bytes (a lower bound)"
+    bytes_accessed = float(bytes_accessed) if bytes_accessed else float(argument + output)
+    device = trainer.mesh.devices.flat[0]
     state = trainer.state
     shards = math.prod(trainer.mesh.shape[a] for a in partitioning.BATCH_AXES)
     return {
@@ -191,7 +249,9 @@ def plan(config: ml_collections.ConfigDict, hbm_gib: float = 32.0, fast_compile:
         "accum_steps": config.optim.accum_steps,
         "dtype": config.model.dtype,
         "frozen_dtype": config.model.frozen_dtype,
-        "remat": {k: bool(config.model[k].get("remat", False)) for k in ("vision", "mae", "qformer")},
+        "remat": _remat(config),
+        "scan_layers": {k: bool(config.model[k].get("scan_layers", False)) for k in REMAT_SECTIONS
+                        if config.model.get(k) is not None},
         "params_trainable": _count(state.params),
         "params_frozen": _count(state.frozen),
         "bytes_per_device": {
@@ -205,12 +265,22 @@ def plan(config: ml_collections.ConfigDict, hbm_gib: float = 32.0, fast_compile:
             "temp": temp,
             "peak_estimate": peak,
         },
+        "target": target,
         "hbm_gib": hbm_gib,
         "fits": peak <= hbm_gib * GIB,
+        "headroom": round(1.0 - peak / (hbm_gib * GIB), 4),
+        "fits_with_headroom": peak <= HEADROOM * hbm_gib * GIB,
         "flops_per_device": flops,
         "flops_total": flops * n,
-        "seconds": {"build": round(t1 - t0, 1), "lower": round(t2 - t1, 1), "compile": round(t3 - t2, 1)},
-        "backend": f"{jax.default_backend()} (simulated mesh; memory is the CPU compiler's estimate)",
+        "flops_source": "compiler cost analysis" if compiler_flops else "jaxpr matmul count (remat included)",
+        "jaxpr_flops_per_device": {"executed": executed / n, "model": model / n},
+        "bytes_accessed_per_device": bytes_accessed,
+        "bytes_accessed_source": bytes_source,
+        "roofline": None if chip is None else chips.roofline(chip, executed / n, bytes_accessed, model / n),
+        "seconds": {"build": round(t1 - t0, 1), "lower": round(t2 - t1, 1), "compile": round(t3 - t2, 1),
+                    "flop_count": round(t4 - t3, 1)},
+        "backend": (f"{device.platform} compiler for {device.device_kind} (deviceless)" if chip else
+                    f"{jax.default_backend()} (simulated mesh; memory is the CPU compiler's estimate)"),
     }
 
 
@@ -227,7 +297,7 @@ def table(result: dict) -> str:
         ("batch (global / per device)", f"{result['batch_size']} / {result['batch_per_device']}"
                                         f"  (accum_steps {result['accum_steps']})"),
         ("dtype (compute / frozen)", f"{result['dtype']} / {result['frozen_dtype']}"),
-        ("remat (vision, mae, qformer)", ", ".join(str(v) for v in result["remat"].values())),
+        ("remat", ", ".join(f"{k} {v}" for k, v in result["remat"].items())),
         ("params trainable / frozen",
          f"{result['params_trainable'] / 1e6:.1f}M / {result['params_frozen'] / 1e6:.1f}M"),
         ("per device: trainable params", gib(b["params_trainable"])),
@@ -239,19 +309,28 @@ def table(result: dict) -> str:
         ("memory: alias (donated)", gib(b["alias"])),
         ("memory: temp", gib(b["temp"])),
         ("memory: peak estimate", gib(b["peak_estimate"])),
-        (f"fits {result['hbm_gib']:g} GiB per chip", "yes" if result["fits"] else "NO"),
-        ("FLOPs per step per device", f"{result['flops_per_device'] / 1e12:.2f} TFLOP"),
+        (f"fits {result['hbm_gib']:g} GiB per chip", f"{'yes' if result['fits'] else 'NO'}"
+                                                     f"  (headroom {100 * result['headroom']:.0f}%)"),
+        ("FLOPs per step per device", f"{result['flops_per_device'] / 1e12:.2f} TFLOP ({result['flops_source']})"),
+        ("model FLOPs per step per device", f"{result['jaxpr_flops_per_device']['model'] / 1e12:.2f} TFLOP"),
         ("FLOPs per step total", f"{result['flops_total'] / 1e15:.2f} PFLOP"),
-        ("time (build / lower / compile)", " / ".join(f"{v:.0f} s" for v in result["seconds"].values())),
+        ("time (build / lower / compile / count)", " / ".join(f"{v:.0f} s" for v in result["seconds"].values())),
+        ("backend", result["backend"]),
     ]
+    if result["roofline"]:
+        r = result["roofline"]
+        rows.append(("roofline step time (bound by)", f"{r['step_s_lower_bound']:.3f} s ({r['bound_by']})"))
+        rows.append(("MFU upper bound", f"{100 * r['mfu_upper_bound']:.0f}%"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/paper.py:stage1.", lock_config=True)
-flags.DEFINE_integer("devices", 8, "Number of simulated devices (the mesh spans all of them).")
-flags.DEFINE_float("hbm_gib", 32.0, "Memory per chip the peak estimate is compared with (GiB).")
+CONFIG = cli.define_config("e.g. configs/paper.py:stage1")
+flags.DEFINE_integer("devices", 8, "Number of chips (the mesh spans all of them).")
+flags.DEFINE_string("target", "cpu", f"What to compile for: one of {', '.join(chips.TARGETS)}.")
+flags.DEFINE_float("hbm_gib", None, "Memory per chip the peak is compared with (GiB); default: the "
+                   "target chip's, 32 for cpu.")
 flags.DEFINE_bool("fast_compile", True, "Skip LLVM optimisation of the (never run) CPU code; same figures, "
                   "faster compile.")
 flags.mark_flags_as_required(["config"])
@@ -260,11 +339,14 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.WARNING)
-    if jax.device_count() != FLAGS.devices:
+    if FLAGS.target not in chips.TARGETS:
+        raise SystemExit(f"plan: --target={FLAGS.target!r} is not one of {', '.join(chips.TARGETS)}")
+    if FLAGS.target == "cpu" and jax.device_count() != FLAGS.devices:
         raise SystemExit(f"JAX sees {jax.device_count()} devices, not --devices={FLAGS.devices}: start the "
                          "script directly (it sets XLA_FLAGS before importing JAX)")
     try:
-        result = plan(FLAGS.config, FLAGS.hbm_gib, FLAGS.fast_compile)
+        devices = None if FLAGS.target == "cpu" else targets.devices(FLAGS.target, FLAGS.devices)
+        result = plan(cli.checked(CONFIG.value), FLAGS.hbm_gib, FLAGS.fast_compile, FLAGS.target, devices)
     except ValueError as e:
         raise SystemExit(f"plan: {e}")
     print(table(result))
@@ -272,4 +354,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse)

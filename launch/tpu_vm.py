@@ -22,9 +22,9 @@ import shlex
 import subprocess
 import sys
 
+from xformer_jax import remote_args
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from launch import remote_args  # noqa: E402
 TARBALL = "/tmp/xformer_jax_src.tgz"
 
 

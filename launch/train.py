@@ -6,15 +6,13 @@ or two local processes), or nothing on TPU VMs and SLURM, where JAX finds its pe
 """
 import logging
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from xformer_jax.configs import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:stage1.", lock_config=True)
+CONFIG = cli.define_config("e.g. configs/demo.py:stage1")
 flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard events and checkpoints.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
@@ -46,10 +44,10 @@ def main(argv):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     initialize_distributed()
     from xformer_jax.train import loop
-    config = FLAGS.config
+    config = cli.checked(CONFIG.value)
     hook = loop.eval_losses(config, config.eval_batches) if config.eval_every else None
     loop.train(config, FLAGS.workdir, eval_hook=hook)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse)

@@ -1,7 +1,6 @@
 """Test setup: 8 fake CPU devices, offline Hugging Face, a persistent compilation cache."""
 import os
 import pathlib
-import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,7 +10,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # configs/ and launch/ are not part of the installed package
 jax.config.update("jax_compilation_cache_dir", str(REPO / ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

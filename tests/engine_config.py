@@ -6,13 +6,9 @@ ROOT holds the synthetic data (ROOT/data). 4 steps of a 1000-step schedule per i
 (config.stop_after_steps), a 2x2x2 (data, fsdp, tensor) mesh on 8 devices, no warmup (the first step
 already moves the params by ~lr), evaluation every 2 steps on one val batch.
 """
-import os
 import pathlib
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from tiny import tiny_config  # noqa: E402
+from xformer_jax.configs.tiny import tiny_config
 
 
 def get_config(root: str = "workdir"):

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from launch import demo
-from tiny import tiny_config, tiny_stage2_config
-from xformer_jax import recipe
+from xformer_jax import mini_paper, recipe
+from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 
 TINY_BUDGET = recipe.Budget(tower_steps=3, llm_steps=3, llm_batch_size=8, eval_batch_size=16)
 
@@ -56,7 +56,6 @@ def _scores(vqa: float, count: float, cider: float) -> dict:
 
 
 def test_mini_paper_aggregates_seeds_into_mean_and_std_and_a_markdown_table():
-    from benchmarks import mini_paper
     runs = {"blip2": [_scores(40.0, 10.0, 30.0), _scores(50.0, 30.0, 50.0)], "xformer": [_scores(60.0, 40.0, 70.0)]}
     prior = {"accuracy": 30.0, "per_question_type": {"count": 20.0, "color": 5.0, "position": 25.0, "exists": 50.0}}
     summary = {**mini_paper.aggregate(runs), "prior": mini_paper.aggregate({"prior": [prior]})["prior"]}
@@ -73,7 +72,6 @@ def test_mini_paper_aggregates_seeds_into_mean_and_std_and_a_markdown_table():
 
 
 def test_mini_paper_pairs_runs_by_seed():
-    from benchmarks import mini_paper
     runs = {"blip2": [_scores(40.0, 10.0, 30.0), _scores(50.0, 30.0, 50.0)],
             "xformer": [_scores(44.0, 10.0, 20.0), _scores(52.0, 36.0, 50.0)]}
     deltas = mini_paper.paired(runs, "xformer", "blip2")
@@ -83,7 +81,6 @@ def test_mini_paper_pairs_runs_by_seed():
 
 
 def test_mini_paper_variants_change_only_the_fusion_and_the_reconstruction_weight(tmp_path):
-    from benchmarks import mini_paper
     base = tiny_config(tmp_path)
     norec = mini_paper.variant_config(base, "xformer_norec", seed=3)
     assert (norec.model.fusion.kind, norec.loss.weights.rec, norec.seed, norec.data.seed) == ("xformer", 0.0, 3, 3)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tiny import tiny_config, tiny_stage2_config
+from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.data import pipeline
 from xformer_jax.models import qformer
 from xformer_jax.train import loop

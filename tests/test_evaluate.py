@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from launch import evaluate
-from tiny import tiny_config, tiny_stage2_config
+from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.data import bpe, synthetic
 from xformer_jax.data.pipeline import image_transform
 from xformer_jax.data.tokenizers import QFormerTokenizer

@@ -18,7 +18,7 @@ from PIL import Image
 import hf_models
 from launch import convert as convert_cli
 from launch import export as export_cli
-from tiny import tiny_config, tiny_stage2_config
+from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax import hf_export, rundir
 from xformer_jax.convert import safetensors_io
 from xformer_jax.data import bpe, synthetic

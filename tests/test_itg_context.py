@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tiny import tiny_config
+from xformer_jax import mini_paper
+from xformer_jax.configs.tiny import tiny_config
 from xformer_jax.train import build
 
 
@@ -52,7 +53,6 @@ def test_fused_itg_needs_the_after_qformer_dual_block(tmp_path, fusion, placemen
 
 
 def test_mini_paper_compares_both_itg_contexts(tmp_path):
-    from benchmarks import mini_paper
     base = tiny_config(tmp_path)
     fused = mini_paper.variant_config(base, "xformer_itg_fused", seed=0)
     assert (fused.model.fusion.kind, fused.model.itg_context, fused.loss.weights.rec) == ("xformer", "fused", 1.0)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tiny import tiny_config, tiny_stage2_config
+from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.train import build
 
 

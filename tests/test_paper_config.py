@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from configs import paper
+from xformer_jax.configs import paper
 
 
 @pytest.mark.parametrize("variant, epochs", [("stage1", 9), ("stage1_blip2", 9), ("stage2_opt2.7b", 1),

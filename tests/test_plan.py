@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from configs import paper
 from launch import gpu_cluster, tpu_vm
+from xformer_jax.configs import paper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1024 ** 3
@@ -23,6 +23,13 @@ def _plan(*flags):
     proc = subprocess.run([sys.executable, "launch/plan.py", "--config=configs/demo.py:stage1", *flags],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     return proc
+
+
+def test_plan_names_an_unknown_override_key():
+    proc = _plan("--devices=1", "--config.model.fusion.layer_norm_ep=1e-6")
+    assert proc.returncode != 0
+    assert ("--config.model.fusion.layer_norm_ep: config.model.fusion has no key 'layer_norm_ep'; did you mean "
+            "config.model.fusion.layer_norm_eps?") in proc.stderr
 
 
 def test_plan_prints_memory_and_flops_for_a_simulated_mesh():
@@ -62,8 +69,10 @@ def test_paper_config_variants():
 
 
 def test_param_counts_at_paper_sizes():
-    from benchmarks import param_counts
-    results = param_counts.counts(paper.get_config("stage1"), ("blip2", "xformer"))
+    proc = subprocess.run([sys.executable, "benchmarks/param_counts.py", "--config=configs/paper.py:stage1",
+                           "--variants=blip2,xformer"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)["variants"]
     extra = results["xformer"]["extra_trainable_over_blip2"]
     assert 15e6 < extra < 25e6, extra
     assert results["xformer"]["frozen"] == results["xformer"]["frozen_vision"] + results["xformer"]["frozen_mae"]
@@ -115,3 +124,60 @@ def test_gpu_cluster_slurm(capsys):
     assert line.startswith("srun --nodes=4 --ntasks-per-node=4 ")
     assert "CUDA_VISIBLE_DEVICES=$SLURM_LOCALID" in line
     assert "--coordinator_address=gpu01:12355 --num_processes=16 --process_id=$SLURM_PROCID" in line
+
+
+def test_plan_lists_the_valid_targets_and_slice_sizes():
+    from xformer_jax.plan import targets
+    proc = _plan("--devices=8", "--target=tpu-v9", *SHRINK)
+    assert proc.returncode != 0 and "tpu-v9" in proc.stderr and "tpu-v5p" in proc.stderr and "h200" in proc.stderr
+    with pytest.raises(ValueError, match="power of two"):
+        targets.devices("tpu-v5p", 6)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        targets.devices("a100-40gb", 12)
+    assert targets._dims(16, 3) == (2, 2, 4) and targets._dims(64, 2) == (8, 8)
+
+
+def test_jaxpr_flops_count_matmuls_scans_and_convolutions():
+    import jax
+    import jax.numpy as jnp
+
+    from xformer_jax.plan import flops
+    a, b = jnp.zeros((3, 5, 7)), jnp.zeros((3, 7, 11))
+    assert flops.matmul_flops(jnp.matmul, a, b) == 2 * 3 * 5 * 7 * 11
+    scanned = lambda x, w: jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=4)[0]
+    assert flops.matmul_flops(scanned, jnp.zeros((2, 6)), jnp.zeros((6, 6))) == 4 * 2 * 2 * 6 * 6
+    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 2), "VALID")  # NCHW, OIHW
+    assert flops.matmul_flops(conv, jnp.zeros((1, 3, 8, 8)), jnp.zeros((5, 3, 2, 2))) == 2 * (5 * 4 * 4) * (3 * 2 * 2)
+
+
+# One TPU and one GPU target, compiled by their own compilers with no chip (needs `pip install '.[plan]'`).
+REAL_TARGETS = {"tpu-v5e": "libtpu", "a100-40gb": "jax_plugins.xla_cuda12"}
+
+
+@pytest.mark.parametrize("target", sorted(REAL_TARGETS))
+def test_plan_with_a_real_compiler(target, tmp_path):
+    pytest.importorskip(REAL_TARGETS[target], reason=f"the {target} compiler comes with pip install -e '.[plan]'")
+    import tiny
+    from launch import plan
+    from xformer_jax.plan import chips, targets
+    config = tiny.tiny_config(tmp_path)
+    config.batch_size = 256  # activations, not params, dominate the temporaries: what remat trades
+    config.mesh.update(data=2, fsdp=2)
+    devices = targets.devices(target, 4)
+    results = {}
+    for remat in (False, True):
+        config.model.qformer.remat = remat
+        results[remat] = plan.plan(config, target=target, devices=devices)
+    result = results[False]
+    b = result["bytes_per_device"]
+    assert result["devices"] == 4 and result["hbm_gib"] == chips.CHIPS[target].hbm_gib
+    assert b["peak_estimate"] == b["argument"] + b["output"] - b["alias"] + b["temp"] > 0
+    assert result["fits"] == (b["peak_estimate"] <= result["hbm_gib"] * GIB)
+    assert result["headroom"] == pytest.approx(1 - b["peak_estimate"] / (result["hbm_gib"] * GIB), abs=1e-4)
+    # The Q-Former recomputes its layers in the backward pass: fewer temporaries, more executed FLOPs, the
+    # same model FLOPs.
+    assert results[True]["bytes_per_device"]["temp"] < b["temp"]
+    flops_off, flops_on = result["jaxpr_flops_per_device"], results[True]["jaxpr_flops_per_device"]
+    assert flops_on["executed"] > flops_off["executed"] == flops_off["model"] == flops_on["model"] > 0
+    roof = result["roofline"]
+    assert roof["step_s_lower_bound"] >= roof["compute_s"] > 0 and 0 < roof["mfu_upper_bound"] <= 1

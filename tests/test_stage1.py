@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import demo
-from tiny import tiny_config
+from xformer_jax.configs import demo
+from xformer_jax.configs.tiny import tiny_config
 from xformer_jax.data import pipeline
 from xformer_jax.models import xformer
 from xformer_jax import pretrain

@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
-from tiny import tiny_config, tiny_stage2_config
+from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.data import bpe, pipeline, synthetic
 from xformer_jax import rundir
 from xformer_jax.predict.captions import Captioner

@@ -1,8 +1,9 @@
-"""benchmarks/step_profile.py: matmul FLOPs read from compiled HLO, passes from op names, a traced run."""
+"""xformer_jax/profiling.py (benchmarks/step_profile.py's analysis): matmul FLOPs read from compiled HLO,
+passes from op names, a traced run."""
 import jax
 import jax.numpy as jnp
 
-from benchmarks import step_profile
+from xformer_jax import profiling as step_profile
 
 
 def test_matmul_flops_and_time_of_a_traced_function():

@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from xformer_jax import rundir
+from xformer_jax.configs import common as configs_common
 from xformer_jax.convert import hf, stage as stage_lib
 from xformer_jax.models import qformer, xformer
 from xformer_jax.train import build, checkpointing, loop
@@ -51,17 +52,6 @@ class ConvertReport:
             lines.append("  config keys to set:")
             lines += [f"    {k}" for k in self.config_keys]
         return "\n".join(lines)
-
-
-def default_base_config() -> ml_collections.ConfigDict:
-    """configs/common.py's base config (the repository's configs/ must be importable, as it is for the
-    launchers and the tests)."""
-    try:
-        from configs import common
-    except ImportError as e:
-        raise ImportError("the repository's configs/ package is not importable: run from the repository root "
-                          "(launch/convert.py does) or pass base_config") from e
-    return common.base_config()
 
 
 def _check_out(out: str, overwrite: bool) -> None:
@@ -149,7 +139,7 @@ def write_workdir(hf_dir: str, out: str, base_config: Optional[ml_collections.Co
 
     Blip2ForImageTextRetrieval becomes a stage-1 run (the Q-Former's ITG head and temp, which the
     checkpoint lacks, drawn fresh), Blip2ForConditionalGeneration a stage-2 run. The config is
-    configs/common.py's base config with `model` describing the checkpoint, `data` its image size
+    xformer_jax/configs/common.py's base config with `model` describing the checkpoint, `data` its image size
     (and, when the directory has them, its tokenizer and image statistics), and a `hf` section
     recording where it came from and its image token id (export writes that id back)."""
     config_path = os.path.join(hf_dir, "config.json")
@@ -162,7 +152,7 @@ def write_workdir(hf_dir: str, out: str, base_config: Optional[ml_collections.Co
     component, stage = WHOLE_MODELS[name]
     module, params, load_report = hf.load_hf(hf_dir, component)
     model_config = module.config
-    config = base_config if base_config is not None else default_base_config()
+    config = base_config if base_config is not None else configs_common.base_config()
     config.stage = stage
     section = stage_lib.model_section(model_config, dtype=config.model.dtype)
     for part in ("vision", "qformer", "fusion", "mae"):

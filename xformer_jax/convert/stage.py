@@ -11,7 +11,7 @@ from typing import Optional
 
 from xformer_jax.models import blip2_retrieval, llama, mae, opt, qformer, stage2, vit, xformer
 
-RUNTIME_FIELDS = ("dtype", "remat")  # compute settings, not architecture: config.model.dtype covers them
+RUNTIME_FIELDS = ("dtype", "remat", "scan_layers")  # compute settings, not architecture: config.model.dtype covers them
 XFORMER_ARCHITECTURES = {"stage1": "XFormerForImageTextRetrieval", "stage2": "XFormerForConditionalGeneration"}
 BLIP2_ARCHITECTURES = {"stage1": "Blip2ForImageTextRetrieval", "stage2": "Blip2ForConditionalGeneration"}
 XFORMER_MODEL_TYPE = "xformer"

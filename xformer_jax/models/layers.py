@@ -4,7 +4,7 @@ Model code names logical axes only ("embed", "mlp", "joined_kv", "vocab", ...); 
 names onto the mesh axes (data, fsdp, tensor) lives in config (see `xformer_jax.train.partitioning`).
 Params are stored in float32; `dtype` is the compute dtype. Softmax and norms run in float32.
 """
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -101,6 +101,51 @@ def attend(query, key, value, bias=None, probs_dropout: Optional[Callable] = Non
     return out.reshape(out.shape[0], out.shape[1], -1)
 
 
+Remat = Union[bool, str]  # False, True (= "nothing_saveable") or one of REMAT_POLICIES
+# jax.checkpoint_policies by name, for `remat` config values: what the backward pass may keep instead
+# of recomputing. nothing_saveable keeps only each layer's input; the dots policies keep matmul outputs
+# (those without batch dimensions: the projections, not attention's batched matmuls).
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable", "everything_saveable")
+
+
+def checkpoint_policy(remat: Remat) -> Optional[Callable]:
+    """The jax.checkpoint policy a `remat` config value names (True: nothing_saveable)."""
+    if remat is True:
+        remat = "nothing_saveable"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r} is neither True / False nor one of {REMAT_POLICIES}")
+    return getattr(jax.checkpoint_policies, remat)
+
+
+def remat_module(cls, remat: Remat, **kwargs):
+    """`cls`, wrapped in nn.remat with the named policy when `remat` is set."""
+    return nn.remat(cls, policy=checkpoint_policy(remat), **kwargs) if remat else cls
+
+
+def scan_blocks(module: nn.Module, names: Sequence[str], template: nn.Module, x, *shared, remat: Remat = False,
+                all_states: bool = False):
+    """Applies `module`'s children `names` (identical layers, params stored per layer) in order as one
+    `lax.scan` over their stacked params: XLA compiles one layer instead of len(names), which is what
+    keeps compiles of 30-40 layer towers and LLMs fast. `template` is an unbound layer of the same
+    kind; each takes (x, *shared) and returns x (or a tuple whose first item is x).
+
+    Returns (last output, stacked outputs of every layer or None). Stacking the params copies them once
+    per step (a tower's params, sharded like the layers); gradients reach the per-layer params through
+    the stack. Not for init: the per-layer params must exist already.
+    """
+    params = module.variables["params"]
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *(params[name] for name in names))
+
+    def body(carry, layer_params):
+        out = template.apply({"params": layer_params}, carry, *shared)
+        out = out[0] if isinstance(out, tuple) else out
+        return out, (out if all_states else None)
+
+    if remat:
+        body = jax.checkpoint(body, policy=checkpoint_policy(remat), prevent_cse=False)
+    return jax.lax.scan(body, x, stacked)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with separate or fused (EVA style) q/k/v projections."""
     num_heads: int
@@ -151,7 +196,11 @@ class PreLNBlock(nn.Module):
 
 
 class BlockStack(nn.Module):
-    """`depth` PreLNBlocks named block_0..; returns every intermediate output (input first)."""
+    """`depth` PreLNBlocks named block_0..; returns every intermediate output (input first).
+
+    `scan_layers` runs the blocks as one `lax.scan` (`scan_blocks`): same params, same numbers, one
+    compiled block instead of `depth`. `all_states=False` lets the scan skip stacking the intermediates
+    when the caller reads only the last one."""
     depth: int
     num_heads: int
     mlp_dim: int
@@ -159,15 +208,21 @@ class BlockStack(nn.Module):
     eps: float = 1e-6
     fused_qkv: bool = False
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: Remat = False
+    scan_layers: bool = False
 
     @nn.compact
-    def __call__(self, x, stop_after: Optional[int] = None):
-        block_cls = nn.remat(PreLNBlock) if self.remat else PreLNBlock
+    def __call__(self, x, stop_after: Optional[int] = None, all_states: bool = True):
+        args = (self.num_heads, self.mlp_dim, self.act, self.eps, self.fused_qkv, self.dtype)
+        names = [f"block_{i}" for i in range(self.depth if stop_after is None else stop_after)]
+        if self.scan_layers and names and not self.is_initializing():
+            last, states = scan_blocks(self, names, PreLNBlock(*args, parent=None), x, remat=self.remat,
+                                       all_states=all_states)
+            return [x, *states] if all_states else [x, last]
+        block_cls = remat_module(PreLNBlock, self.remat)
         states = [x]
-        for i in range(self.depth if stop_after is None else stop_after):
-            x = block_cls(self.num_heads, self.mlp_dim, self.act, self.eps, self.fused_qkv, self.dtype,
-                          name=f"block_{i}")(x)
+        for name in names:
+            x = block_cls(*args, name=name)(x)
             states.append(x)
         return states
 

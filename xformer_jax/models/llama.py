@@ -47,7 +47,7 @@ class LlamaConfig:
     bos_token_id: Optional[int] = 1
     eos_token_id: Any = 2
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: layers.Remat = False  # or a policy name (layers.REMAT_POLICIES)
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -151,7 +151,7 @@ class LlamaForCausalLM(decoder_cache.CausalLM):
         c = self.config
         self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=jnp.float32,
                                      embedding_init=layers.normal_init(("vocab", "embed")))
-        layer_cls = nn.remat(LlamaDecoderLayer) if c.remat else LlamaDecoderLayer
+        layer_cls = layers.remat_module(LlamaDecoderLayer, c.remat)
         self.layers = [layer_cls(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps)
         if not c.tie_word_embeddings:

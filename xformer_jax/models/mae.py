@@ -35,7 +35,8 @@ class MAEConfig:
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: layers.Remat = False  # or a policy name (layers.REMAT_POLICIES)
+    scan_layers: bool = False  # encoder and decoder blocks as one lax.scan each (layers.BlockStack)
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -168,8 +169,8 @@ class MAEEncoder(nn.Module):
         x, mask, ids_restore = random_masking(x, noise, ratio)
         cls = jnp.broadcast_to((cls_token + pos[:1]).astype(x.dtype), (x.shape[0], 1, c.hidden_size))
         states = layers.BlockStack(c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.hidden_act,
-                                   c.layer_norm_eps, dtype=c.dtype, remat=c.remat, name="blocks")(
-            jnp.concatenate([cls, x], axis=1))
+                                   c.layer_norm_eps, dtype=c.dtype, remat=c.remat, scan_layers=c.scan_layers,
+                                   name="blocks")(jnp.concatenate([cls, x], axis=1), all_states=output_hidden_states)
         out = {"last_hidden_state": layers.layer_norm(c.layer_norm_eps, "norm")(states[-1]).astype(c.dtype),
                "mask": mask, "ids_restore": ids_restore}
         if output_hidden_states:
@@ -196,7 +197,7 @@ class MAEDecoder(nn.Module):
         x = jnp.concatenate([x[:, :1], patches], axis=1) + pos.astype(x.dtype)
         x = layers.BlockStack(c.decoder_num_hidden_layers, c.decoder_num_attention_heads,
                               c.decoder_intermediate_size, c.hidden_act, c.layer_norm_eps, dtype=c.dtype,
-                              remat=c.remat, name="blocks")(x)[-1]
+                              remat=c.remat, scan_layers=c.scan_layers, name="blocks")(x, all_states=False)[-1]
         x = layers.layer_norm(c.layer_norm_eps, "norm")(x).astype(c.dtype)
         logits = layers.dense(c.patch_dim, ("mlp", "embed"), "pred", c.dtype)(x)
         return logits[:, 1:].astype(jnp.float32)
@@ -230,7 +231,7 @@ class MAEForPreTraining(nn.Module):
 
 def config_from_hf(hf: dict, **overrides) -> MAEConfig:
     """An MAEConfig from an HF ViTMAEConfig dict (config.json)."""
-    names = [f.name for f in dataclasses.fields(MAEConfig) if f.name not in ("dtype", "remat")]
+    names = [f.name for f in dataclasses.fields(MAEConfig) if f.name not in ("dtype", "remat", "scan_layers")]
     fields = {k: hf[k] for k in names if k in hf}
     fields.update(overrides)
     return MAEConfig(**fields)

@@ -48,7 +48,8 @@ class OPTConfig:
     bos_token_id: Optional[int] = 2
     eos_token_id: Any = 2
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: layers.Remat = False  # or a policy name (layers.REMAT_POLICIES)
+    scan_layers: bool = False  # training forward (no cache) as one lax.scan over the layers
 
     def __post_init__(self):
         if self.word_embed_proj_dim is None:
@@ -148,7 +149,7 @@ class OPTForCausalLM(decoder_cache.CausalLM):
                                             use_bias=False)
         if c.has_final_layer_norm:
             self.final_layer_norm = _layer_norm(c, "final_layer_norm")
-        layer_cls = nn.remat(OPTDecoderLayer) if c.remat else OPTDecoderLayer
+        layer_cls = layers.remat_module(OPTDecoderLayer, c.remat)
         self.layers = [layer_cls(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
         if not c.tie_word_embeddings:
             self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), "lm_head", c.dtype, use_bias=False)
@@ -165,9 +166,13 @@ class OPTForCausalLM(decoder_cache.CausalLM):
         x = x + self.embed_positions(jnp.asarray(position_ids).astype(jnp.int32) + POSITION_OFFSET)
         index = None if cache is None else cache.index
         new_layers = []
-        for i, layer in enumerate(self.layers):
-            x, kv = layer(x, bias, decoder_cache.layer_kv(cache, i), index)
-            new_layers.append(kv)
+        if c.scan_layers and cache is None and not self.is_initializing():
+            x, _ = layers.scan_blocks(self, [f"layer_{i}" for i in range(c.num_hidden_layers)],
+                                      OPTDecoderLayer(c, parent=None), x, bias, remat=c.remat)
+        else:
+            for i, layer in enumerate(self.layers):
+                x, kv = layer(x, bias, decoder_cache.layer_kv(cache, i), index)
+                new_layers.append(kv)
         if c.has_final_layer_norm:
             x = self.final_layer_norm(x).astype(c.dtype)
         if c.has_projections:

@@ -84,7 +84,7 @@ class QFormerConfig:
     hidden_dropout_prob: float = 0.0
     attention_probs_dropout_prob: float = 0.0
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: layers.Remat = False  # or a policy name (layers.REMAT_POLICIES)
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -307,7 +307,7 @@ class QFormerEncoder(nn.Module):
             raise ValueError("input_index (distinct inputs shared by pairs) cannot be combined with past_kv")
         x = layers.dropout(self, c.hidden_dropout_prob,
                            layers.layer_norm(c.layer_norm_eps, "layernorm")(embeds).astype(c.dtype))
-        layer_cls = nn.remat(QFormerLayer, static_argnums=(3, 8)) if c.remat else QFormerLayer
+        layer_cls = layers.remat_module(QFormerLayer, c.remat, static_argnums=(3, 8))
         states, cache = [x if input_index is None else x[input_index]], []
         for i in range(c.num_hidden_layers):
             rows = last_rows if i == c.num_hidden_layers - 1 else None

@@ -33,7 +33,8 @@ class VisionConfig:
     hidden_act: str = "quick_gelu"
     feature_layer: int = -2  # index into hidden_states (input embeddings first): -2 = penultimate block
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: layers.Remat = False  # or a policy name (layers.REMAT_POLICIES)
+    scan_layers: bool = False  # the blocks as one lax.scan (layers.BlockStack)
 
     def __post_init__(self):
         if self.kind not in TOWER_KINDS:
@@ -71,7 +72,7 @@ class VisionTransformer(nn.Module):
                                              name="patch_embed")
         self.blocks = layers.BlockStack(
             c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.hidden_act, c.layer_norm_eps,
-            fused_qkv=c.kind == "eva", dtype=c.dtype, remat=c.remat, name="blocks")
+            fused_qkv=c.kind == "eva", dtype=c.dtype, remat=c.remat, scan_layers=c.scan_layers, name="blocks")
         self.post_norm = layers.layer_norm(c.layer_norm_eps, "post_norm")
 
     def _embed(self, pixel_values):
@@ -88,7 +89,7 @@ class VisionTransformer(nn.Module):
 
     def __call__(self, pixel_values, output_hidden_states: bool = False):
         """HF-compatible forward: last_hidden_state, pooler_output and (optionally) hidden_states."""
-        states = self.blocks(self._embed(pixel_values))
+        states = self.blocks(self._embed(pixel_values), all_states=output_hidden_states)
         last = states[-1]
         if self.config.kind == "eva":
             last = self.post_norm(last).astype(self.config.dtype)
@@ -99,7 +100,7 @@ class VisionTransformer(nn.Module):
 
     def features(self, pixel_values):
         """hidden_states[feature_layer], computing no block past it (what the Q-Former reads)."""
-        return self.blocks(self._embed(pixel_values), stop_after=self.config.feature_depth)[-1]
+        return self.blocks(self._embed(pixel_values), stop_after=self.config.feature_depth, all_states=False)[-1]
 
 
 def config_from_hf(hf: dict, **overrides) -> VisionConfig:

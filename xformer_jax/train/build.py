@@ -1,7 +1,7 @@
 """From `config.model` to a Stage1Model and its initial weights (random, or ported from HF directories).
 
-config.model.vision / mae / qformer / fusion hold the dataclass fields of VisionConfig, MAEConfig,
-QFormerConfig and FusionConfig, plus where pretrained weights come from:
+config.model's keys and the dataclass fields they fill are models/config_sections.py's; besides the
+fields, a part's section says where its pretrained weights come from:
   vision.hf_dir    CLIPVisionModel / CLIPModel / Blip2VisionModel / BLIP-2 directory ("" = random)
   mae.hf_dir       ViTMAEForPreTraining directory ("" = random)
   vision.params_file / mae.params_file
@@ -29,14 +29,10 @@ from flax import serialization, traverse_util
 
 from xformer_jax.convert import from_hf, load_hf
 from xformer_jax.convert.hf import read_config
-from xformer_jax.models import fusion, llama, mae, opt, qformer, stage2, vit, xformer
+from xformer_jax.models import config_sections, fusion, mae, qformer, stage2, vit, xformer
+from xformer_jax.models.config_sections import CHECKPOINT_FIELDS, LLM_KINDS, WEIGHT_SOURCES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-WEIGHT_SOURCES = ("hf_dir", "bert_dir", "params_file")
-# config.model section -> (the key naming its checkpoint directory, fields that default to that checkpoint's
-# config.json value under the same name)
-CHECKPOINT_FIELDS = {"mae": ("hf_dir", ("norm_pix_loss",)),
-                     "qformer": ("bert_dir", ("hidden_dropout_prob", "attention_probs_dropout_prob"))}
 
 
 def minilm_dir() -> str:
@@ -82,39 +78,38 @@ def _log_checkpoint_fields(section: ml_collections.ConfigDict, name: str, resolv
         logging.info("config.model.%s.%s=%r (%s)", name, f, value, source)
 
 
-def _fields(cls, section: ml_collections.ConfigDict, key: str, **extra) -> Any:
-    values = {k: v for k, v in section.to_dict().items() if k not in WEIGHT_SOURCES and v is not None}
-    known = {f.name for f in dataclasses.fields(cls)}
+def _fields(cls, section: ml_collections.ConfigDict, name: str, **extra) -> Any:
+    """`cls` from config.model.<name>: its set (not None) keys besides the weight sources."""
+    sources = WEIGHT_SOURCES.get(name, ())
+    values = {k: v for k, v in section.to_dict().items() if k not in sources and v is not None}
+    known = {f.name for f in config_sections.keyed_fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{key} has unknown keys {unknown}; known: {sorted(known - {'dtype'})}")
+        raise ValueError(f"config.model.{name} has unknown keys {unknown}; known: {sorted(known)}")
     return cls(**values, **extra)
 
 
 STAGES = ("stage1", "stage2")
-LLM_KINDS = {"opt": opt.OPTConfig, "llama": llama.LlamaConfig}
 
 
 def _checkpointed_fields(cls, model: ml_collections.ConfigDict, name: str, dtype) -> Any:
     """_fields of a section in CHECKPOINT_FIELDS, its unset fields taken from its checkpoint (logged)."""
     section = model[name]
     from_checkpoint = checkpoint_field_values(section, name)
-    resolved = _fields(cls, section, f"config.model.{name}", dtype=dtype, **from_checkpoint)
+    resolved = _fields(cls, section, name, dtype=dtype, **from_checkpoint)
     _log_checkpoint_fields(section, name, resolved, from_checkpoint)
     return resolved
 
 
 def stage1_config(model: ml_collections.ConfigDict, cls=xformer.Stage1Config, **extra) -> xformer.Stage1Config:
     dtype = dtype_of(model.dtype, "config.model.dtype")
-    fusion_cfg = _fields(fusion.FusionConfig, model.fusion, "config.model.fusion", dtype=dtype)
+    fusion_cfg = _fields(fusion.FusionConfig, model.fusion, "fusion", dtype=dtype)
     return cls(
-        vision=_fields(vit.VisionConfig, model.vision, "config.model.vision", dtype=dtype),
+        vision=_fields(vit.VisionConfig, model.vision, "vision", dtype=dtype),
         qformer=_checkpointed_fields(qformer.QFormerConfig, model, "qformer", dtype),
         fusion=fusion_cfg,
         mae=_checkpointed_fields(mae.MAEConfig, model, "mae", dtype) if fusion_cfg.uses_mae else None,
-        itm_shared_image_kv=bool(model.get("itm_shared_image_kv", False)),
-        inference_mask_ratio=float(model.get("inference_mask_ratio", 0.0)),
-        itg_context=model.get("itg_context", "image_pass"),
+        **config_sections.stage1_values(model),
         **extra,
     )
 
@@ -124,11 +119,9 @@ def stage2_config(model: ml_collections.ConfigDict) -> stage2.Stage2Config:
     kind = llm.pop("kind", None)
     if kind not in LLM_KINDS:
         raise ValueError(f"config.model.llm.kind={kind!r} is not one of {sorted(LLM_KINDS)}")
-    llm_config = _fields(LLM_KINDS[kind], ml_collections.ConfigDict(llm), "config.model.llm",
+    llm_config = _fields(LLM_KINDS[kind], ml_collections.ConfigDict(llm), "llm",
                          dtype=dtype_of(model.dtype, "config.model.dtype"))
-    return stage1_config(model, stage2.Stage2Config, llm=llm_config,
-                         reconstruction_weight=float(model.get("stage2_reconstruction_weight", 0.0)),
-                         mask_ratio=float(model.get("stage2_mask_ratio", 0.0)))
+    return stage1_config(model, stage2.Stage2Config, llm=llm_config, **config_sections.stage2_values(model))
 
 
 def model_config(config: ml_collections.ConfigDict) -> xformer.Stage1Config:
@@ -242,7 +235,7 @@ def _vision_component(hf_dir: str):
 
 def _check_config(loaded, configured, key: str, path: str) -> None:
     """The checkpoint's architecture must equal the configured one (run-time fields aside)."""
-    runtime = {"dtype", "remat", "feature_layer", "mask_ratio", "norm_pix_loss", "hidden_dropout_prob",
+    runtime = {"dtype", "remat", "scan_layers", "feature_layer", "mask_ratio", "norm_pix_loss", "hidden_dropout_prob",
                "attention_probs_dropout_prob"}
     for f in dataclasses.fields(configured):
         if f.name not in runtime and getattr(loaded, f.name) != getattr(configured, f.name):

@@ -95,8 +95,9 @@ def model_layout(config: ml_collections.ConfigDict, devices: Optional[Sequence[j
     model_config = build.model_config(config)
     model = build.make_model(model_config)
     init = build.init_fn(model, model_config)
+    rng = jax.random.key(config.seed)  # made outside the mesh: a mesh of deviceless (planning) devices can't run it
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        abstract = jax.eval_shape(init, jax.random.key(config.seed))
+        abstract = jax.eval_shape(init, rng)
         shardings = partitioning.param_shardings(abstract, mesh, rules)
     return ModelLayout(mesh, rules, model_config, model, init, shardings)
 

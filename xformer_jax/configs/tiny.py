@@ -1,7 +1,8 @@
-"""The demo config shrunk for tests: tiny random towers and Q-Former, 64 px synthetic scenes."""
+"""The demo config shrunk for tests and quick benchmark runs (--small, --tiny): tiny random towers and
+Q-Former, 64 px synthetic scenes."""
 import ml_collections
 
-from configs import demo
+from xformer_jax.configs import demo
 
 
 def tiny_config(workdir, fusion: str = "xformer", placement: str = "after_qformer") -> ml_collections.ConfigDict:
@@ -30,8 +31,8 @@ def tiny_stage2_config(workdir, tokenizer_path: str, fusion: str = "xformer") ->
     """tiny_config at stage 2, with a tiny random OPT reading `tokenizer_path`'s vocabulary."""
     config = tiny_config(workdir, fusion)
     config.stage = "stage2"
-    config.model.llm = ml_collections.ConfigDict(dict(
-        kind="opt", hf_dir="", params_file="", vocab_size=400, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-        num_attention_heads=4, max_position_embeddings=128, pad_token_id=1, bos_token_id=2, eos_token_id=2))
+    config.model.llm.update(kind="opt", vocab_size=400, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                            num_attention_heads=4, max_position_embeddings=128, pad_token_id=1, bos_token_id=2,
+                            eos_token_id=2)
     config.data.update(llm_tokenizer_path=tokenizer_path, max_txt_len=16)
     return config

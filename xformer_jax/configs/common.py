@@ -1,8 +1,12 @@
-"""The keys every config has, with their defaults; config files override what they need."""
+"""The keys every config has, with their defaults; config files override what they need.
+
+`python -m xformer_jax.configs.show configs/paper.py:stage1` prints a config with every key.
+"""
 import ml_collections
 from ml_collections import config_dict
 
 from xformer_jax.data.config import default_data_config
+from xformer_jax.models import config_sections
 from xformer_jax.train.checkpointing import default_checkpoint_config
 from xformer_jax.train.optimizer import default_optim_config
 from xformer_jax.train.partitioning import default_mesh_config
@@ -20,31 +24,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.eval_every = 0  # steps between evaluation hooks (0 = none)
     c.eval_batches = 4
+    # Set by configs that derive total_steps from a number of epochs over a dataset (configs/paper.py).
+    c.epochs = config_dict.placeholder(int)
+    c.dataset_size = config_dict.placeholder(int)  # image-text pairs
 
-    c.model = ml_collections.ConfigDict()
-    c.model.dtype = "float32"  # compute dtype ("bfloat16" on TPU / GPU)
+    # config.model: every field of the model dataclasses at its default (models/config_sections.py says which
+    # section fills which dataclass; each field's comment in its dataclass documents it), plus:
+    c.model = config_sections.model_defaults()
+    c.model.dtype = "float32"  # compute dtype of every part ("bfloat16" on TPU / GPU)
     c.model.frozen_dtype = "float32"  # storage dtype of the frozen towers
-    c.model.itm_shared_image_kv = False  # True: ITM projects image keys / values once (one device only)
-    # What ITG's text decoder attends to: "image_pass" (LAVIS: the image pass's per-layer query keys /
-    # values, before the xformer fusion) or "fused" (Z' as the query prefix; xformer after_qformer only).
-    c.model.itg_context = "image_pass"
-    c.model.vision = ml_collections.ConfigDict(dict(hf_dir="", params_file=""))
-    # Unset (None) values below follow the checkpoint the part is loaded from (hf_dir / bert_dir), or the
-    # model's default without one; setting them overrides the checkpoint (xformer_jax/train/build.py).
+    # Weight sources ("" = random init): vision.hf_dir / mae.hf_dir / llm.hf_dir (save_pretrained directories),
+    # vision / mae / llm .params_file (train/build.py save_params), qformer.bert_dir (a BERT directory, or
+    # "minilm"). Unset (None) mae.norm_pix_loss and qformer dropouts follow the checkpoint the part is loaded
+    # from, or the dataclass default without one; setting them overrides the checkpoint (train/build.py).
     # MAE's reconstruction target: the *_visualize_* weights that transformers ships were trained on raw
     # pixels (config.json norm_pix_loss false), MAE's full pretraining weights on per-patch normalised ones.
-    c.model.mae = ml_collections.ConfigDict(dict(hf_dir="", params_file="",
-                                                 norm_pix_loss=config_dict.placeholder(bool)))
-    # The Q-Former's BERT dropout (transformers' names; bert-base-uncased and LAVIS: 0.1; without a checkpoint 0).
-    c.model.qformer = ml_collections.ConfigDict(dict(
-        bert_dir="", hidden_dropout_prob=config_dict.placeholder(float),
-        attention_probs_dropout_prob=config_dict.placeholder(float)))
-    c.model.fusion = ml_collections.ConfigDict()
-    c.model.stage2_reconstruction_weight = 0.0  # stage 2: reconstruction off unless > 0
-    # MAE mask ratios after stage 1 (stage 1 uses model.fusion.mask_ratio): the paper's MAE sees the whole
-    # image at stage 2 and inference. stage2_reconstruction_weight > 0 needs stage2_mask_ratio > 0.
-    c.model.stage2_mask_ratio = 0.0
-    c.model.inference_mask_ratio = 0.0  # retrieval, stage-2 prompts, generation, exports
+    # ITG's context (itg_context): "image_pass" (LAVIS: the image pass's per-layer query keys / values,
+    # before the xformer fusion) or "fused" (Z' as the query prefix; xformer after_qformer only).
+    # MAE mask ratios after stage 1 (stage 1 uses fusion.mask_ratio; mae.mask_ratio is MAE's alone, unused here):
+    # the paper's MAE sees the whole image at stage 2 (stage2_mask_ratio) and inference
+    # (inference_mask_ratio). stage2_reconstruction_weight > 0 needs stage2_mask_ratio > 0.
+    # llm: the stage-2 LLM; its keys are those of llm.kind's dataclass (config_sections.llm_defaults("llama")
+    # gives LLaMA's).
 
     c.loss = ml_collections.ConfigDict()
     c.loss.weights = ml_collections.ConfigDict(dict(itc=1.0, itm=1.0, itg=1.0, rec=1.0))

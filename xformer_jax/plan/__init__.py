@@ -1,0 +1,1 @@
+"""Planning a run before renting it: chip specs, compile targets without chips, FLOP counts, rooflines."""
