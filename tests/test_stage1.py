@@ -1,8 +1,12 @@
 """Stage1Model end to end on tiny configs: frozen towers get no gradient, every variant overfits a batch."""
+import re
+
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
+from xformer_jax.configs import demo
 from xformer_jax.configs.tiny import tiny_config
 from xformer_jax.data import pipeline
 from xformer_jax.models import xformer
@@ -174,3 +178,19 @@ def test_a_tower_with_both_params_file_and_hf_dir_is_refused(tmp_path):
     config.model.mae.update(params_file="mae.msgpack", hf_dir="mae_hf")
     with pytest.raises(ValueError, match=r"config.model.mae: both params_file=mae.msgpack and hf_dir=mae_hf"):
         build.pretrained_parts(config.model, build.stage1_config(config.model))
+
+
+def test_demo_fresh_lr_scale_picks_the_params_no_checkpoint_initialises(tmp_path):
+    """configs/demo.py's FRESH_PARAMS: the Q-Former's queries, cross-attention, ln_vision, ITC / ITM heads and
+    the whole fusion block; none of BERT's (embeddings, self-attention, FFNs, LM head), temp or the towers."""
+    layout = loop.model_layout(tiny_config(tmp_path))
+    paths = traverse_util.flatten_dict(layout.param_shardings, sep="/")
+    picked = {p for p in paths if re.search(demo.FRESH_PARAMS, p)}
+    fresh_qformer = ("qformer/query_tokens", "qformer/ln_vision/", "qformer/vision_proj/", "qformer/text_proj/",
+                     "qformer/itm_head/")
+    expected = {p for p in paths if p.startswith(("dual/", *fresh_qformer)) or "/crossattention/" in p and
+                p.startswith("qformer/qformer/layer_")}
+    assert picked == expected
+    assert any("/crossattention/" in p for p in picked) and any(p.startswith("dual/") for p in picked)
+    assert demo.get_config("stage1").optim.lr_scales == ((demo.FRESH_PARAMS, demo.FRESH_LR_SCALE),)
+    assert demo.get_config("stage2").optim.lr_scales == ()  # stage 2's Q-Former comes from stage 1

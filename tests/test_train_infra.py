@@ -156,6 +156,27 @@ def test_weight_decay_mask_and_decay_applied_only_there():
         np.testing.assert_allclose(update, -0.1 * 0.05 if decayed else 0.0, rtol=1e-6)
 
 
+def test_lr_scales_multiply_the_updates_of_matching_params_only():
+    params = {"qformer": {"query_tokens": jnp.ones((2, 4)), "layer_0": {"crossattention": {"kernel": jnp.ones((4, 4))},
+                                                                         "attention": {"kernel": jnp.ones((4, 4))}}},
+              "dual": {"kernel": jnp.ones((4, 4))}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+    plain = optim_config(lr=0.1, warmup_lr=0.1, warmup_steps=0)
+    scaled = optim_config(lr=0.1, warmup_lr=0.1, warmup_steps=0,
+                          lr_scales=((r"^qformer/query_tokens|/crossattention/", 10.0), (r"^dual/", 3.0)))
+    updates = {}
+    for name, config in (("plain", plain), ("scaled", scaled)):
+        tx = optimizer.make_optimizer(config, 10)
+        updates[name], _ = tx.update(grads, tx.init(params), params)
+    expected = {"qformer": {"query_tokens": 10.0, "layer_0": {"crossattention": {"kernel": 10.0},
+                                                               "attention": {"kernel": 1.0}}},
+                "dual": {"kernel": 3.0}}
+    jax.tree.map(lambda s, p, factor: np.testing.assert_allclose(s, factor * p, rtol=1e-6),
+                 updates["scaled"], updates["plain"], expected)
+    with pytest.raises(ValueError, match=r"config\.optim\.lr_scales"):
+        optimizer.make_optimizer(optim_config(lr_scales=(("dual", 0.0),)), 10)
+
+
 def test_accumulate_gradients_equals_full_batch():
     mesh = mesh_of(2, 2, 2)
     rng = np.random.default_rng(0)

@@ -14,6 +14,8 @@ from xformer_jax.configs import common
 
 
 VARIANTS = ("stage1", "stage2")
+FRESH_PARAMS = r"^qformer/(query_tokens|ln_vision|vision_proj|text_proj|itm_head)\b|/crossattention/|^dual/"
+FRESH_LR_SCALE = 30.0
 
 
 def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
@@ -49,6 +51,11 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     config.data.update(kind="synthetic", path="workdir/synthetic_data", image_size=image, max_len=24)
     config.data.synthetic.update(num_train=2048, num_val=64, num_test=64, image_size=image)
     config.optim.update(lr=1e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=20)
+    # The params no checkpoint initialises (queries, cross-attention, ln_vision, ITC / ITM heads, the fusion
+    # block; not temp, not BERT's) train at FRESH_LR_SCALE x lr: at 1e-4 for 200 steps they barely leave their
+    # N(0, 0.02) init, the ITM pass's queries then hardly depend on image or text and ITM stays at its 1:2
+    # prior (BLIP-2's one lr has 250k steps to get there). README "Quick start" has the measurements.
+    config.optim.lr_scales = ((FRESH_PARAMS, FRESH_LR_SCALE),)
     if arg == "stage2":
         config.stage = "stage2"
         # A small OPT laid out like the real ones (pre-LN, tied head, </s> = 2 as bos, <pad> = 1).
@@ -58,5 +65,5 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
         config.data.update(llm_tokenizer_path="workdir/llm/tokenizer.json", max_txt_len=32, prompt="")
         config.total_steps = 800
         config.eval_every = 400
-        config.optim.update(lr=5e-4, warmup_steps=50)
+        config.optim.update(lr=5e-4, warmup_steps=50, lr_scales=())  # the Q-Former starts from stage 1
     return config

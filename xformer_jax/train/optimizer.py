@@ -2,6 +2,7 @@
 gradient accumulation over microbatches inside the jitted step."""
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import jax
@@ -25,6 +26,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.05  # decoupled (AdamW), scaled by the lr as in torch.optim.AdamW
     c.grad_clip = 0.0  # global-norm clipping threshold; 0 = off (LAVIS does not clip)
     c.accum_steps = 1  # microbatches per step; the global batch must divide by it
+    # ((regex over a param path such as "qformer/qformer/layer_0/crossattention/key/kernel", multiplier), ...):
+    # the first pattern that matches scales that param's lr (its torch param group's lr). Empty = one lr
+    # for every param, as LAVIS; short runs (configs/demo.py) give the freshly initialised params more.
+    c.lr_scales = ()
     return c
 
 
@@ -38,6 +43,9 @@ def validate(optim: ml_collections.ConfigDict, total_steps: int) -> None:
             raise ValueError(f"config.optim.{key}={optim[key]!r} must be in [0, 1)")
     if not isinstance(optim.accum_steps, int) or optim.accum_steps < 1:
         raise ValueError(f"config.optim.accum_steps={optim.accum_steps!r} must be a positive int")
+    for entry in optim.lr_scales:
+        if len(entry) != 2 or not isinstance(entry[0], str) or not entry[1] > 0:
+            raise ValueError(f"config.optim.lr_scales entry {entry!r} must be (regex over a param path, multiplier > 0)")
     if not isinstance(optim.warmup_steps, int) or not 0 <= optim.warmup_steps < total_steps:
         raise ValueError(f"config.optim.warmup_steps={optim.warmup_steps!r} must be an int in "
                          f"[0, total_steps={total_steps})")
@@ -79,13 +87,31 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def scale_by_path(lr_scales) -> optax.GradientTransformation:
+    """Multiplies each param's update by the multiplier of the first `lr_scales` pattern its path matches
+    (1 where none does): after AdamW this equals a torch param group with that multiple of the lr."""
+    patterns = [(re.compile(pattern), float(scale)) for pattern, scale in lr_scales]
+
+    def factor(path) -> float:
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        return next((scale for pattern, scale in patterns if pattern.search(name)), 1.0)
+
+    def scale(updates, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(lambda path, u: u * factor(path), updates)
+
+    return optax.stateless(scale)
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-    """clip_by_global_norm(grad_clip) (when > 0) then AdamW on `lr_schedule` with `weight_decay_mask`."""
-    adamw = optax.adamw(lr_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                        weight_decay=optim.weight_decay, mask=weight_decay_mask)
-    if optim.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(optim.grad_clip), adamw)
-    return adamw
+    """clip_by_global_norm(grad_clip) (when > 0), AdamW on `lr_schedule` with `weight_decay_mask`, then
+    the per-param lr multipliers of `optim.lr_scales` (when any)."""
+    parts = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+    parts.append(optax.adamw(lr_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                             weight_decay=optim.weight_decay, mask=weight_decay_mask))
+    if optim.lr_scales:
+        parts.append(scale_by_path(optim.lr_scales))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, batch: Any, accum_steps: int,
