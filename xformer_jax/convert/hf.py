@@ -194,7 +194,7 @@ def _stage2_inputs(module) -> dict:
     v = module.config.vision
     ids = jnp.zeros((2, 4), jnp.int32)
     return {"pixel_values": jnp.zeros((2, v.num_channels, v.image_size, v.image_size), jnp.float32),
-            "input_ids": ids, "attention_mask": jnp.ones_like(ids), "labels": ids}
+            "input_ids": ids, "attention_mask": jnp.ones_like(ids)}
 
 
 _QFORMER_TEXT_FFN = re.compile(r"qformer\.encoder\.layer\.\d+\.(intermediate|output)\.")
