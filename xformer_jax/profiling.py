@@ -1,9 +1,8 @@
-"""Where a compiled step's time goes: XLA's trace of it joined with its HLO, and chips' peak FLOP/s.
+"""Where a compiled step's time goes: XLA's trace of it joined with its HLO.
 
   parse_hlo / matmul_flops   instructions of compiled HLO text and the matmul FLOPs of an executed op
   pass_of                    which pass (ITM, ITG text, towers, ...) and direction an op's op_name is from
   trace_ops / summarise      per-op seconds from jax.profiler, then time by op kind and pass
-  peak_tflops                the datasheet dense bf16 peak of a jax device_kind (model FLOPs utilisation)
 benchmarks/step_profile.py and benchmarks/gpu_report.py print what these measure.
 """
 import collections
@@ -117,20 +116,3 @@ def summarise(seconds: dict, hlo: str, step_s: float, top: int) -> dict:
             "by_pass": {k: {m: round(v, 1) for m, v in c.items()}
                         for k, c in sorted(by_pass.items(), key=lambda kv: -sum(kv[1].values()))},
             "top_ops": ops[:top]}
-
-
-# Dense bf16 peak per chip in TFLOP/s, from the vendors' datasheets (NVIDIA lists "with sparsity", twice
-# these): H100 SXM and H200 SXM 989 ("1,979 teraFLOPS" sparse; the H200 has the H100's compute with more
-# memory), H100 / H200 NVL 835 (1,671 sparse), H100 PCIe 756 (1,513 sparse), A100 312; Google Cloud TPU
-# v4 275, v5e 197, v5p 459, v6e (Trillium) 918. A large bf16 matmul reaches about 790 TFLOP/s on an H200
-# (80% of its datasheet peak), the practical ceiling of any step. First match of the device kind wins.
-PEAK_BF16_TFLOPS = (
-    ("H200 NVL", 835.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H200", 989.0), ("H100", 989.0),
-    ("A100", 312.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v5p", 459.0),
-    ("TPU v6 lite", 918.0), ("TPU v6e", 918.0),
-)
-
-
-def peak_tflops(device_kind: str):
-    """The datasheet peak of a jax device_kind, or None for a chip not in the table (CPU)."""
-    return next((peak for name, peak in PEAK_BF16_TFLOPS if name.lower() in device_kind.lower()), None)
