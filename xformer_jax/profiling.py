@@ -1,6 +1,6 @@
 """Where a compiled step's time goes: XLA's trace of it joined with its HLO.
 
-  parse_hlo / matmul_flops   instructions of compiled HLO text and the matmul FLOPs of an executed op
+  parse_hlo / matmul_flops   instructions of compiled HLO text and the matmul / convolution FLOPs of an executed op
   pass_of                    which pass (ITM, ITG text, towers, ...) and direction an op's op_name is from
   trace_ops / summarise      per-op seconds from jax.profiler, then time by op kind and pass
 benchmarks/step_profile.py and benchmarks/gpu_report.py print what these measure.
@@ -47,16 +47,30 @@ def dot_flops(instructions: dict, name: str) -> float:
     return 2.0 * math.prod(shape) * contracted
 
 
+def conv_flops(instructions: dict, name: str) -> float:
+    """2 * output elements * kernel elements per output feature of one convolution instruction."""
+    shape, _, rest = instructions[name]
+    kernel = instructions.get(rest.split(",")[1].strip().split()[-1].lstrip("%").rstrip(")"))
+    labels = re.search(r"dim_labels=\w+_(\w+)->", rest)
+    if not kernel or not labels:
+        return 0.0
+    return 2.0 * math.prod(shape) * math.prod(kernel[0]) / kernel[0][labels.group(1).index("o")]
+
+
+MATMUL_OPS = {"dot": dot_flops, "convolution": conv_flops}
+
+
 def matmul_flops(instructions: dict, computations: dict, name: str) -> float:
-    """FLOPs of the dots an executed op runs (itself, or inside the computation a fusion calls); 0: none."""
+    """FLOPs of the dots and convolutions an executed op runs (itself, or inside the computation a fusion
+    calls); 0: none."""
     _, opcode, rest = instructions[name]
-    if opcode == "dot":
-        return dot_flops(instructions, name)
+    if opcode in MATMUL_OPS:
+        return MATMUL_OPS[opcode](instructions, name)
     called = re.search(r"calls=%([\w.\-]+)", rest)
     if opcode != "fusion" or not called:
         return 0.0
-    return sum(dot_flops(instructions, inner) for inner in computations.get(called.group(1), ())
-               if instructions[inner][1] == "dot")
+    return sum(MATMUL_OPS[instructions[inner][1]](instructions, inner) for inner in computations.get(called.group(1), ())
+               if instructions[inner][1] in MATMUL_OPS)
 
 
 def pass_of(op_name: str) -> tuple[str, str]:
