@@ -69,8 +69,8 @@ def matmul_flops(instructions: dict, computations: dict, name: str) -> float:
     called = re.search(r"calls=%([\w.\-]+)", rest)
     if opcode != "fusion" or not called:
         return 0.0
-    return sum(MATMUL_OPS[instructions[inner][1]](instructions, inner) for inner in computations.get(called.group(1), ())
-               if instructions[inner][1] in MATMUL_OPS)
+    inner = [i for i in computations.get(called.group(1), ()) if instructions[i][1] in MATMUL_OPS]
+    return sum(MATMUL_OPS[instructions[i][1]](instructions, i) for i in inner)
 
 
 def pass_of(op_name: str) -> tuple[str, str]:
