@@ -12,7 +12,7 @@ frozen towers stored in bfloat16, params and losses in float32, as configs/paper
 Per stage: examples/s over timed steps after warm-up, XLA's FLOPs per step (cost analysis of the compiled step:
 XLA's own count, recomputation included; custom calls it cannot see, such as fused attention kernels, count
 zero) and the model FLOPs utilisation: achieved FLOP/s over the chip's dense bf16 peak
-(xformer_jax/profiling.py's PEAK_BF16_TFLOPS, or --peak_tflops). The step runs on the first device alone, so
+(xformer_jax/plan/chips.py's, or --peak_tflops). The step runs on the first device alone, so
 every figure is per chip. Next to the measured step time: the roofline lower bound of the same step
 (launch/plan.py's: matmul FLOPs counted on the step's jaxpr over the peak, XLA's bytes accessed over the chip's
 HBM bandwidth from xformer_jax/plan/chips.py) and how far above it the measured step is, so the first real
@@ -32,7 +32,6 @@ import numpy as np
 
 from xformer_jax.configs import tiny, vit_l
 from xformer_jax.plan import chips, flops as flop_count
-from xformer_jax.profiling import peak_tflops
 from xformer_jax.train import build, loop
 
 def vit_l_configs(batches: tuple[int, int]) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
@@ -121,7 +120,7 @@ def main(argv=None) -> dict:
     if not stages or set(stages) - {"stage1", "stage2"}:
         parser.error(f"--stages={args.stages}: expected a comma-separated subset of stage1,stage2")
     device = jax.devices()[0]
-    peak = args.peak_tflops or peak_tflops(device.device_kind)
+    peak = args.peak_tflops or chips.peak_tflops(device.device_kind)
     make = tiny_configs if args.tiny else vit_l_configs
     default_batches = (8, 8) if args.tiny else (128, 64)
     stage1, stage2 = make((args.stage1_batch or default_batches[0], args.stage2_batch or default_batches[1]))

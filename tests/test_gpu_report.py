@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from xformer_jax.configs import vit_l
-from xformer_jax.profiling import peak_tflops
+from xformer_jax.plan.chips import peak_tflops
 from xformer_jax.train import build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

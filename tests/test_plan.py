@@ -150,6 +150,25 @@ def test_jaxpr_flops_count_matmuls_scans_and_convolutions():
     assert flops.matmul_flops(conv, jnp.zeros((1, 3, 8, 8)), jnp.zeros((5, 3, 2, 2))) == 2 * (5 * 4 * 4) * (3 * 2 * 2)
 
 
+def test_jaxpr_flops_match_the_compiled_step(tmp_path):
+    """The jaxpr count (what the roofline and the GPU rows use) equals the dots and convolutions in XLA:CPU's
+    compiled HLO of the same step, every layer unrolled (a compiler counts a scanned layer once)."""
+    from launch import plan
+    from xformer_jax import profiling
+    from xformer_jax.configs import tiny
+    from xformer_jax.plan import flops
+    config = tiny.tiny_config(tmp_path)
+    config.mesh.update(data=2, fsdp=4)
+    assert not any(config.model[k].get("scan_layers", False) for k in plan.REMAT_SECTIONS if config.model.get(k))
+    trainer = plan.abstract_trainer(config)
+    counted = flops.matmul_flops(trainer.step_fn, trainer.state, trainer.batch) / trainer.mesh.size
+    compiled = trainer.step_fn.lower(trainer.state, trainer.batch).compile(plan.FAST_COMPILE)
+    instructions, _ = profiling.parse_hlo(compiled.as_text())
+    in_hlo = sum(profiling.MATMUL_OPS[op](instructions, name) for name, (_, op, _) in instructions.items()
+                 if op in profiling.MATMUL_OPS)  # every dot and convolution once, fused or not
+    assert in_hlo == pytest.approx(counted, rel=0.01)
+
+
 # One TPU and one GPU target, compiled by their own compilers with no chip (needs `pip install '.[plan]'`).
 REAL_TARGETS = {"tpu-v5e": "libtpu", "a100-40gb": "jax_plugins.xla_cuda12"}
 

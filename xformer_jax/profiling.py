@@ -1,9 +1,8 @@
-"""Where a compiled step's time goes: XLA's trace of it joined with its HLO, and chips' peak FLOP/s.
+"""Where a compiled step's time goes: XLA's trace of it joined with its HLO.
 
-  parse_hlo / matmul_flops   instructions of compiled HLO text and the matmul FLOPs of an executed op
+  parse_hlo / matmul_flops   instructions of compiled HLO text and the matmul / convolution FLOPs of an executed op
   pass_of                    which pass (ITM, ITG text, towers, ...) and direction an op's op_name is from
   trace_ops / summarise      per-op seconds from jax.profiler, then time by op kind and pass
-  peak_tflops                the datasheet dense bf16 peak of a jax device_kind (model FLOPs utilisation)
 benchmarks/step_profile.py and benchmarks/gpu_report.py print what these measure.
 """
 import collections
@@ -48,16 +47,30 @@ def dot_flops(instructions: dict, name: str) -> float:
     return 2.0 * math.prod(shape) * contracted
 
 
+def conv_flops(instructions: dict, name: str) -> float:
+    """2 * output elements * kernel elements per output feature of one convolution instruction."""
+    shape, _, rest = instructions[name]
+    kernel = instructions.get(rest.split(",")[1].strip().split()[-1].lstrip("%").rstrip(")"))
+    labels = re.search(r"dim_labels=\w+_(\w+)->", rest)
+    if not kernel or not labels:
+        return 0.0
+    return 2.0 * math.prod(shape) * math.prod(kernel[0]) / kernel[0][labels.group(1).index("o")]
+
+
+MATMUL_OPS = {"dot": dot_flops, "convolution": conv_flops}
+
+
 def matmul_flops(instructions: dict, computations: dict, name: str) -> float:
-    """FLOPs of the dots an executed op runs (itself, or inside the computation a fusion calls); 0: none."""
+    """FLOPs of the dots and convolutions an executed op runs (itself, or inside the computation a fusion
+    calls); 0: none."""
     _, opcode, rest = instructions[name]
-    if opcode == "dot":
-        return dot_flops(instructions, name)
+    if opcode in MATMUL_OPS:
+        return MATMUL_OPS[opcode](instructions, name)
     called = re.search(r"calls=%([\w.\-]+)", rest)
     if opcode != "fusion" or not called:
         return 0.0
-    return sum(dot_flops(instructions, inner) for inner in computations.get(called.group(1), ())
-               if instructions[inner][1] == "dot")
+    inner = [i for i in computations.get(called.group(1), ()) if instructions[i][1] in MATMUL_OPS]
+    return sum(MATMUL_OPS[instructions[i][1]](instructions, i) for i in inner)
 
 
 def pass_of(op_name: str) -> tuple[str, str]:
@@ -117,20 +130,3 @@ def summarise(seconds: dict, hlo: str, step_s: float, top: int) -> dict:
             "by_pass": {k: {m: round(v, 1) for m, v in c.items()}
                         for k, c in sorted(by_pass.items(), key=lambda kv: -sum(kv[1].values()))},
             "top_ops": ops[:top]}
-
-
-# Dense bf16 peak per chip in TFLOP/s, from the vendors' datasheets (NVIDIA lists "with sparsity", twice
-# these): H100 SXM and H200 SXM 989 ("1,979 teraFLOPS" sparse; the H200 has the H100's compute with more
-# memory), H100 / H200 NVL 835 (1,671 sparse), H100 PCIe 756 (1,513 sparse), A100 312; Google Cloud TPU
-# v4 275, v5e 197, v5p 459, v6e (Trillium) 918. A large bf16 matmul reaches about 790 TFLOP/s on an H200
-# (80% of its datasheet peak), the practical ceiling of any step. First match of the device kind wins.
-PEAK_BF16_TFLOPS = (
-    ("H200 NVL", 835.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H200", 989.0), ("H100", 989.0),
-    ("A100", 312.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v5p", 459.0),
-    ("TPU v6 lite", 918.0), ("TPU v6e", 918.0),
-)
-
-
-def peak_tflops(device_kind: str):
-    """The datasheet peak of a jax device_kind, or None for a chip not in the table (CPU)."""
-    return next((peak for name, peak in PEAK_BF16_TFLOPS if name.lower() in device_kind.lower()), None)

@@ -11,6 +11,10 @@ Sources (dense bfloat16 peaks; NVIDIA's datasheets also list "with sparsity", tw
       (NVIDIA H100 datasheet, Hopper whitepaper)
   H200 SXM 141GB: the H100's compute, 4.8 TB/s (NVIDIA H200 datasheet); "141 GB" is what the driver
       reports as about 140 GiB, the figure used here.
+  Device kinds that are no planning target, for their peaks only: H100 PCIe 756 TFLOP/s (1,513 sparse),
+      H100 NVL and H200 NVL 835 (1,671 sparse) (NVIDIA H100 / H200 datasheets).
+A large bf16 matmul reaches about 790 TFLOP/s on an H200 (80% of its datasheet peak), the practical
+ceiling of any step.
 A TPU v5p / v4 chip is one JAX device (megacore: its two TensorCores act as one), so TPU "v5p-32" is 16
 chips; v5e / v6e slice names count chips.
 """
@@ -63,6 +67,8 @@ CHIPS = {
     "h200": Chip(hbm_gib=140.0, hbm_gb_per_s=4800.0, device_kinds=("H200",), description="NVIDIA H200", **_HOPPER),
 }
 TARGETS = ("cpu", *CHIPS)
+# Dense bf16 peaks (TFLOP/s) of device kinds that no target above compiles for (module docstring).
+OTHER_PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0}
 
 
 def chip(target: str) -> Chip:
@@ -71,11 +77,23 @@ def chip(target: str) -> Chip:
     return CHIPS[target]
 
 
+def _most_specific(device_kind: str, spellings):
+    """The value of the longest (spelling, value) whose spelling the device_kind contains, or None."""
+    kind = device_kind.lower()
+    matches = [(spelling, value) for spelling, value in spellings if spelling.lower() in kind]
+    return max(matches, key=lambda m: len(m[0]))[1] if matches else None
+
+
 def for_device_kind(device_kind: str) -> Optional[Chip]:
     """The chip a jax device_kind names (the most specific spelling wins), or None (CPU, unknown)."""
-    kind = device_kind.lower()
-    matches = [(len(k), c) for c in CHIPS.values() for k in c.device_kinds if k.lower() in kind]
-    return max(matches, key=lambda m: m[0])[1] if matches else None
+    return _most_specific(device_kind, [(k, c) for c in CHIPS.values() for k in c.device_kinds])
+
+
+def peak_tflops(device_kind: str) -> Optional[float]:
+    """The datasheet dense bf16 peak of a jax device_kind (the most specific spelling wins), or None for a
+    chip in no table (CPU): what benchmarks divide achieved FLOP/s by for the model FLOPs utilisation."""
+    peaks = [(k, c.peak_bf16_tflops) for c in CHIPS.values() for k in c.device_kinds]
+    return _most_specific(device_kind, [*peaks, *OTHER_PEAK_BF16_TFLOPS.items()])
 
 
 def roofline(chip_: Chip, flops_per_device: float, bytes_per_device: Optional[float],
