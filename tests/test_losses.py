@@ -1,4 +1,5 @@
-"""Losses against small references written here from REFERENCE.md §3 / §5 with torch (not our code)."""
+"""Losses against small torch references written here (not our code) from the semantics of LAVIS's
+`blip2_qformer.py` / `blip2_opt.py`."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +28,7 @@ def itc_inputs(batch=8, queries=4, dim=16, seed=0):
     return image, text, np.float32(0.07)
 
 
-# ------------------------------------------------------------------------ torch references (§3)
+# ------------------------------------------------------------------------ torch references (stage 1)
 
 def torch_sims(image, text, temp):
     """sim_i2t[b, t] = max_q image[b, q] . text[t] / temp; sim_t2i[t, b] likewise."""

@@ -1,4 +1,5 @@
-"""Stage-1 and stage-2 loss terms (REFERENCE.md §3, §5): pure functions of arrays, float32 inside.
+"""Stage-1 and stage-2 loss terms (LAVIS `blip2_qformer.py`, `blip2_opt.py`): pure functions of arrays,
+float32 inside.
 
 Each stage's objective (`xformer_jax.train.objective`) applies them to what the model's forward
 returns. Semantics follow LAVIS `Blip2Qformer.forward` and BERT/HF causal-LM heads:

@@ -23,7 +23,7 @@ import ml_collections
 
 from xformer_jax.configs import common
 
-NUM_PAIRS = 14_000_000  # COCO + VG + CC3M + CC12M + SBU (REFERENCE.md §1)
+NUM_PAIRS = 14_000_000  # COCO + VG + CC3M + CC12M + SBU (the BLIP-2 paper's pretraining data)
 STAGE1_EPOCHS, STAGE2_EPOCHS = 9, 1  # the paper's stage 1 and stage 2
 BATCH_SIZE = 1680  # BLIP-2's stage-1 global batch for ViT-g; must divide by data * fsdp (see launch/plan.py)
 

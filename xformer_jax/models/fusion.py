@@ -4,7 +4,7 @@
   concat       MAE tokens, projected to the CLIP width, are appended to the CLIP tokens as the
                Q-Former's cross-attention memory.
   early_xattn  after every CLIP cross-attention layer the queries also cross-attend to M.
-  xformer      the dual cross-attention (REFERENCE.md §1): M' = CrossAttn(M <- Z) + FFN keeps the MAE
+  xformer      the dual cross-attention (the X-Former paper): M' = CrossAttn(M <- Z) + FFN keeps the MAE
                width so the frozen MAE decoder can reconstruct the image from it, then
                Z' = CrossAttn(Z <- M') + FFN. `placement` puts one block after the Q-Former
                (default, ~20M params at ViT-g / MAE-H / BERT-base) or one after every CLIP

@@ -1,6 +1,6 @@
 """MAE ViT (HF `ViTMAEModel` / `ViTMAEForPreTraining`): random masking, encoder, decoder, patchify.
 
-Masking follows MAE exactly (REFERENCE.md §4): ids_shuffle = argsort(noise), keep the first
+Masking follows MAE exactly (its models_mae.random_masking): ids_shuffle = argsort(noise), keep the first
 int(L * (1 - ratio)), ids_restore = argsort(ids_shuffle), mask 1 = removed. The noise comes from an
 explicit PRNG key or is given, so a run is reproducible and parity with PyTorch can be checked.
 Even at ratio 0 the kept tokens come out shuffled unless the noise is monotone: `identity_noise`

@@ -1,6 +1,6 @@
 """BLIP-2 Q-Former (BERT layout) in Flax: learnable queries, image cross-attention, text encoder/decoder.
 
-Layout (REFERENCE.md §2, LAVIS `Qformer.py`, HF `Blip2QFormerModel`):
+Layout (LAVIS `Qformer.py`, HF `Blip2QFormerModel`):
   * post-LN BERT layers; each layer holds self-attention over [queries; text], a cross-attention to the
     (ln_vision-normalised) image features in layers with `i % cross_attention_freq == 0`, applied to the
     query positions only (keys / values projected from `encoder_width`), and two FFNs: `*_query` for the

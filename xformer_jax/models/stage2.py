@@ -1,4 +1,4 @@
-"""Stage2Model: the stage-1 model's queries Z' -> one Linear -> a frozen decoder LLM (REFERENCE.md §5).
+"""Stage2Model: the stage-1 model's queries Z' -> one Linear -> a frozen decoder LLM (LAVIS `blip2_opt.py`).
 
 inputs_embeds = [llm_proj(Z'); embed(tokens)], attention mask = [ones(Q); text mask]; the forward
 returns the LLM's logits over [queries; text], which `xformer_jax.train.objective` scores with HF's

@@ -48,7 +48,7 @@ class Stage1Config:
     # 32 chips: 42 GiB per device with it, 23.6 without, when measured), so off by default.
     itm_shared_image_kv: bool = False
     # MAE masking where no loss needs it (retrieval, stage-2 prompts, generation): 0 by default, as the
-    # paper's MAE sees the whole image once stage 1 is over (REFERENCE.md §1).
+    # paper's MAE sees the whole image once stage 1 is over (the X-Former paper).
     inference_mask_ratio: float = 0.0
     itg_context: str = "image_pass"  # what ITG's text decoder attends to (module docstring)
 

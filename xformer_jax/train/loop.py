@@ -1,6 +1,6 @@
 """The training loop: build the sharded state, resume, step, log, checkpoint, stop cleanly.
 
-Contract (DESIGN.md): WORKDIR/metrics.jsonl gets one JSON object per logged step (step, loss, every
+Contract: WORKDIR/metrics.jsonl gets one JSON object per logged step (step, loss, every
 loss_* term, lr, examples_per_sec, data/skipped, ...); TensorBoard events go to WORKDIR/tb; orbax
 checkpoints (train state + data iterator position) to WORKDIR/checkpoints. Rerunning the same command
 resumes from the newest checkpoint. SIGTERM saves a checkpoint and returns normally; a non-finite

@@ -14,7 +14,7 @@ NO_DECAY_NAMES = ("bias", "scale")  # Flax Dense/Conv biases, LayerNorm/RMSNorm 
 
 
 def default_optim_config() -> ml_collections.ConfigDict:
-    """`config.optim`: BLIP-2 stage-1 values (REFERENCE.md §1; LAVIS blip2 pretrain yaml)."""
+    """`config.optim`: BLIP-2 stage-1 values (the BLIP-2 paper; LAVIS's blip2 pretrain yaml)."""
     c = ml_collections.ConfigDict()
     c.lr = 1e-4  # peak (LAVIS init_lr)
     c.warmup_lr = 1e-6  # LAVIS warmup_lr: the lr at step 0
