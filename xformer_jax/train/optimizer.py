@@ -72,6 +72,11 @@ def lr_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return schedule
 
 
+def _key_name(key) -> str:
+    """A pytree path entry's name: a dict key or an attribute name."""
+    return str(getattr(key, "key", getattr(key, "name", key)))
+
+
 def weight_decay_mask(params: Any) -> Any:
     """True where AdamW decays: LAVIS `get_optimizer_params` on Flax names.
 
@@ -81,7 +86,7 @@ def weight_decay_mask(params: Any) -> Any:
     DenseGeneral bias). Kernels, embeddings and `query_tokens` are decayed.
     """
     def decays(path, leaf):
-        name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
+        name = _key_name(path[-1]) if path else None
         return leaf.ndim >= 2 and name not in NO_DECAY_NAMES
 
     return jax.tree_util.tree_map_with_path(decays, params)
@@ -93,7 +98,7 @@ def scale_by_path(lr_scales) -> optax.GradientTransformation:
     patterns = [(re.compile(pattern), float(scale)) for pattern, scale in lr_scales]
 
     def factor(path) -> float:
-        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        name = "/".join(map(_key_name, path))
         return next((scale for pattern, scale in patterns if pattern.search(name)), 1.0)
 
     def scale(updates, params=None):
