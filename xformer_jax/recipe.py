@@ -53,7 +53,7 @@ class Budget:
     tower_batch_size: int = 32  # larger than the stage-1 batch: contrastive negatives must differ in more than colour
     llm_steps: int = 400  # causal-LM pretraining steps of the small OPT
     llm_batch_size: int = 8  # scene descriptions per step, each with all its captions and questions
-    llm_question_rounds: int = 0  # more question sets per training scene for the LLM (`llm_texts`)
+    llm_question_rounds: int = 2  # more question sets per training scene for the LLM (`llm_texts`)
     llm_lr: float = 2e-3
     num_beams: int = 1  # decoding at evaluation (1 = greedy)
     eval_batch_size: int = 32
