@@ -29,10 +29,10 @@ def _adamw_loop(loss_fn, params, batches: Iterator, steps: int, lr: float, seed:
         return optax.apply_updates(params, updates), opt_state, loss
 
     key, history = jax.random.key(seed), []
-    for i in range(steps):
+    for i in range(steps):  # no per-step sync: the next batch is prepared while this step runs
         params, opt_state, loss = step(params, opt_state, next(batches), jax.random.fold_in(key, i))
-        history.append(float(loss))
-    return params, history
+        history.append(loss)
+    return params, [float(loss) for loss in history]
 
 
 def pretrain_mae(config: mae.MAEConfig, batches: Iterator[np.ndarray], steps: int, lr: float = 1.5e-3,
@@ -103,16 +103,39 @@ def _prepend(first, rest: Iterator) -> Iterator:
     yield from rest
 
 
+def shared_context_logits(llm: nn.Module, params, batch: dict):
+    """Logits of every target row of a shared-context batch, each target reading only its own context.
+
+    {context_ids, context_mask}: (C, Lc) right-padded contexts; {target_ids, target_mask}: (T, Lt) targets
+    that continue them; context_of: (T,) the context row of each target. The contexts run once into a KV
+    cache that each target then continues (positions go on from its context's last real token), so a
+    scene description is encoded once for all its questions, exactly as if each target followed it alone.
+    """
+    contexts = batch["context_ids"]
+    cache = llm.init_cache(contexts.shape[0], contexts.shape[1] + batch["target_ids"].shape[1], jnp.float32)
+    cache = llm.apply({"params": params}, input_ids=contexts, attention_mask=batch["context_mask"],
+                      cache=cache)["cache"]
+    return llm.apply({"params": params}, input_ids=batch["target_ids"], attention_mask=batch["target_mask"],
+                     cache=cache.gather(batch["context_of"]))["logits"]
+
+
 def pretrain_llm(llm: nn.Module, batches: Iterator[dict], steps: int, lr: float = 1e-3, seed: int = 0):
-    """Causal-LM pretraining of a small decoder (`opt.OPTForCausalLM` / `llama.LlamaForCausalLM`) on
-    {input_ids, attention_mask[, labels]} batches of text; the loss is on the tokens `labels` names
-    (-100 elsewhere), by default every non-pad token after the first. Returns (params, per-step losses)."""
+    """Causal-LM pretraining of a small decoder (`opt.OPTForCausalLM` / `llama.LlamaForCausalLM`).
+
+    Batches are texts {input_ids, attention_mask[, labels]}, the loss on the tokens `labels` names (-100
+    elsewhere; by default every non-pad token after the first), or shared-context batches
+    (`shared_context_logits`) with `target_labels`. Returns (params, per-step losses).
+    """
     first = next(batches)
-    params = nn.unbox(llm.init(jax.random.key(seed), input_ids=first["input_ids"],
-                               attention_mask=first["attention_mask"]))["params"]
+    shared = "context_ids" in first
+    ids, mask = (first["context_ids"], first["context_mask"]) if shared else (first["input_ids"],
+                                                                              first["attention_mask"])
+    params = nn.unbox(llm.init(jax.random.key(seed), input_ids=ids, attention_mask=mask))["params"]
 
     def loss_fn(params, batch, key):
         del key
+        if shared:
+            return losses.lm_loss(shared_context_logits(llm, params, batch), batch["target_labels"])
         logits = llm.apply({"params": params}, input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"])["logits"]
         labels = batch.get("labels", jnp.where(batch["attention_mask"] > 0, batch["input_ids"], -100))

@@ -63,7 +63,7 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
                                 num_attention_heads=8, max_position_embeddings=128, pad_token_id=1, bos_token_id=2,
                                 eos_token_id=2)
         config.data.update(llm_tokenizer_path="workdir/llm/tokenizer.json", max_txt_len=32, prompt="")
-        config.total_steps = 800
-        config.eval_every = 400
+        config.total_steps = 600
+        config.eval_every = 300
         config.optim.update(lr=5e-4, warmup_steps=50, lr_scales=())  # the Q-Former starts from stage 1
     return config
