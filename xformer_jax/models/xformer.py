@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xformer_jax.models import batch_rows
 from xformer_jax.models import fusion as fusion_lib
 from xformer_jax.models import mae as mae_lib
 from xformer_jax.models import matching
@@ -153,7 +154,8 @@ class Stage1Model(nn.Module):
         Likewise `text_index` (P,) picks pair p's text from input_ids / attention_mask, and the first
         Q-Former layer's text-only work runs once per text.
         """
-        mae_pairs = mae_states if mae_states is None or image_index is None else mae_states[image_index]
+        mae_pairs = (mae_states if mae_states is None or image_index is None
+                     else batch_rows.take_rows(mae_states, image_index))
         result = self.qformer.joint_pass(self._memory(clip, mae_states), input_ids, attention_mask,
                                          fuse=self._fuse_hook(), carry=mae_pairs, image_index=image_index,
                                          text_index=text_index, queries_only=True)
@@ -188,8 +190,8 @@ class Stage1Model(nn.Module):
         image_index, text_index, out["itm_labels"] = matching.itm_inputs(neg_text, neg_image)
         clip, mae_states, pair_image = images["clip"], images.get("mae"), image_index
         if not c.itm_shared_image_kv:  # each pair gets its image's features (see Stage1Config)
-            clip, pair_image = clip[image_index], None
-            mae_states = None if mae_states is None else mae_states[image_index]
+            clip, pair_image = batch_rows.take_rows(clip, image_index), None
+            mae_states = None if mae_states is None else batch_rows.take_rows(mae_states, image_index)
         out["itm_logits"] = self.itm_logits(clip, mae_states, input_ids, attention_mask, image_index=pair_image,
                                             text_index=text_index)
 
