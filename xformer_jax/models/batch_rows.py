@@ -52,11 +52,13 @@ def _ring_take(block, index, axes, shards: int):
     shift = [(i, (i + 1) % shards) for i in range(shards)]
 
     def pick(out, block, step):
-        """Fill in the indices that fall in `block`, the rows of device (me - step) mod shards."""
+        """Fill in the indices that fall in `block`, the rows of device (me - step) mod shards: one gather
+        from [out; block], so the backward pass keeps an int per row and step (a select would keep its
+        predicate broadcast to the rows' full shape at every step)."""
         local = index - ((me - step) % shards) * rows
         hit = (local >= 0) & (local < rows)
-        picked = jnp.take(block, jnp.clip(local, 0, rows - 1), axis=0)
-        return jnp.where(hit.reshape(hit.shape + (1,) * (block.ndim - 1)), picked, out)
+        source = jnp.where(hit, out.shape[0] + local, jnp.arange(out.shape[0]))
+        return jnp.take(jnp.concatenate([out, block]), source, axis=0)
 
     def step(carry, k):
         out, block = carry
