@@ -45,8 +45,9 @@ class Stage1Config:
     itc_label_smoothing: float = 0.1
     itg_label_smoothing: float = 0.1
     # ITM pairs read each image's cross-attention keys / values projected once (not once per pair): faster
-    # on one device, but on a data-sharded mesh it all-gathers every layer's keys / values (paper stage 1,
-    # 32 chips: 42 GiB per device with it, 23.6 without, when measured), so off by default.
+    # on one device, but on a data-sharded mesh it all-gathered every layer's keys / values (paper stage 1,
+    # 32 chips: 42 GiB per device with it, 23.6 without, measured before the pairs' rows were picked by
+    # batch_rows.take_rows, which gathers no global batch; not measured since), so off by default.
     itm_shared_image_kv: bool = False
     # MAE masking where no loss needs it (retrieval, stage-2 prompts, generation): 0 by default, as the
     # paper's MAE sees the whole image once stage 1 is over (the X-Former paper).
