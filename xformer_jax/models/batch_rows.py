@@ -8,8 +8,8 @@ and may leave the pairs replicated after the gather (the first ITM layer's query
 on every chip). Here, under a mesh whose logical "batch" axis spans more than one device, each device
 keeps its own rows of the result (sharded like `index`) and collects them in one pass around a ring:
 at every step it picks the indices that fall in the block it holds, then passes that block on
-(`lax.ppermute`). Traffic is the global batch once, as the all-gather; memory is two blocks per device.
-The same rows as x[index], bit for bit; the gradient, when x carries one, is the ring's transpose (the
+(`lax.ppermute`). Traffic is the global batch once, as the all-gather; memory is the device's own result
+and a block or two of x, never the global batch. The same rows as x[index], bit for bit; the gradient, when x carries one, is the ring's transpose (the
 sum over the pairs that read a row, as x[index]'s scatter-add).
 """
 import math
