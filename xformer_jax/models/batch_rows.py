@@ -9,8 +9,9 @@ on every chip). Here, under a mesh whose logical "batch" axis spans more than on
 keeps its own rows of the result (sharded like `index`) and collects them in one pass around a ring:
 at every step it picks the indices that fall in the block it holds, then passes that block on
 (`lax.ppermute`). Traffic is the global batch once, as the all-gather; memory is the device's own result
-and a block or two of x, never the global batch. The same rows as x[index], bit for bit; the gradient, when x carries one, is the ring's transpose (the
-sum over the pairs that read a row, as x[index]'s scatter-add).
+and a block or two of x, never the global batch. The same rows as x[index], bit for bit; the gradient,
+when x carries one, is the ring's transpose (the sum over the pairs that read a row, as x[index]'s
+scatter-add, in another order).
 """
 import math
 
