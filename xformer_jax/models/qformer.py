@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xformer_jax.models import layers
+from xformer_jax.models import batch_rows, layers
 
 MASK_VALUE = -10000.0  # LAVIS `get_extended_attention_mask`: (1 - m) * -10000
 TEMP_INIT = 0.07
@@ -205,7 +205,7 @@ class QFormerAttention(nn.Module):
                 bias = bias[:, :, :rows]
         q, k, v = proj("query", x), proj("key", source), proj("value", source)
         if memory_index is not None:
-            k, v = k[memory_index], v[memory_index]
+            k, v = batch_rows.take_rows(k, memory_index), batch_rows.take_rows(v, memory_index)
         new_kv = (k, v)
         if past_kv is not None:
             k = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
@@ -240,7 +240,7 @@ class QFormerLayer(nn.Module):
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "embed"))
         attn, kv = self._attention("attention")(hidden, bias, past_kv=past_kv, rows=rows)
         length, num_queries = attn.shape[1], min(query_length, attn.shape[1])
-        per_pair = (lambda x: x) if row_index is None else (lambda x: x[row_index])  # noqa: E731
+        per_pair = (lambda x: x) if row_index is None else (lambda x: batch_rows.take_rows(x, row_index))  # noqa: E731
         kv = jax.tree.map(per_pair, kv)
         parts = []
         if num_queries > 0:
@@ -308,7 +308,7 @@ class QFormerEncoder(nn.Module):
         x = layers.dropout(self, c.hidden_dropout_prob,
                            layers.layer_norm(c.layer_norm_eps, "layernorm")(embeds).astype(c.dtype))
         layer_cls = layers.remat_module(QFormerLayer, c.remat, static_argnums=(3, 8))
-        states, cache = [x if input_index is None else x[input_index]], []
+        states, cache = [x if input_index is None else batch_rows.take_rows(x, input_index)], []
         for i in range(c.num_hidden_layers):
             rows = last_rows if i == c.num_hidden_layers - 1 else None
             row_index = input_index if i == 0 else None
@@ -316,7 +316,7 @@ class QFormerEncoder(nn.Module):
                 x, bias, query_length, memory, memory_bias, None if past_kv is None else past_kv[i], memory_index,
                 rows, row_index)
             if row_index is not None and bias is not None and bias.shape[0] > 1:
-                bias = bias[row_index]  # later layers run per pair
+                bias = batch_rows.take_rows(bias, row_index)  # later layers run per pair
             if fuse is not None and query_length > 0 and c.has_cross_attention(i):
                 queries, carry = fuse(i, x[:, :query_length], carry)
                 x = jnp.concatenate([queries.astype(x.dtype), x[:, query_length:]], axis=1)
@@ -412,7 +412,7 @@ class QFormer(nn.Module):
         """ln_vision(image_feats) and the cross-attention bias, the bias gathered per row by image_index."""
         bias = None if image_mask is None else attention_bias(padding_mask(image_mask))
         if bias is not None and image_index is not None:
-            bias = bias[image_index]
+            bias = batch_rows.take_rows(bias, image_index)
         return self.normalize_image(image_feats), bias
 
     @staticmethod

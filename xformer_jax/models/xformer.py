@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xformer_jax.models import batch_rows
 from xformer_jax.models import fusion as fusion_lib
 from xformer_jax.models import mae as mae_lib
 from xformer_jax.models import matching
@@ -44,8 +45,9 @@ class Stage1Config:
     itc_label_smoothing: float = 0.1
     itg_label_smoothing: float = 0.1
     # ITM pairs read each image's cross-attention keys / values projected once (not once per pair): faster
-    # on one device, but on a data-sharded mesh it all-gathers every layer's keys / values (paper stage 1,
-    # 32 chips: 42 GiB per device with it, 23.6 without, when measured), so off by default.
+    # on one device, but on a data-sharded mesh it all-gathered every layer's keys / values (paper stage 1,
+    # 32 chips: 42 GiB per device with it, 23.6 without, measured before the pairs' rows were picked by
+    # batch_rows.take_rows, which gathers no global batch; not measured since), so off by default.
     itm_shared_image_kv: bool = False
     # MAE masking where no loss needs it (retrieval, stage-2 prompts, generation): 0 by default, as the
     # paper's MAE sees the whole image once stage 1 is over (the X-Former paper).
@@ -153,7 +155,8 @@ class Stage1Model(nn.Module):
         Likewise `text_index` (P,) picks pair p's text from input_ids / attention_mask, and the first
         Q-Former layer's text-only work runs once per text.
         """
-        mae_pairs = mae_states if mae_states is None or image_index is None else mae_states[image_index]
+        mae_pairs = (mae_states if mae_states is None or image_index is None
+                     else batch_rows.take_rows(mae_states, image_index))
         result = self.qformer.joint_pass(self._memory(clip, mae_states), input_ids, attention_mask,
                                          fuse=self._fuse_hook(), carry=mae_pairs, image_index=image_index,
                                          text_index=text_index, queries_only=True)
@@ -188,8 +191,8 @@ class Stage1Model(nn.Module):
         image_index, text_index, out["itm_labels"] = matching.itm_inputs(neg_text, neg_image)
         clip, mae_states, pair_image = images["clip"], images.get("mae"), image_index
         if not c.itm_shared_image_kv:  # each pair gets its image's features (see Stage1Config)
-            clip, pair_image = clip[image_index], None
-            mae_states = None if mae_states is None else mae_states[image_index]
+            clip, pair_image = batch_rows.take_rows(clip, image_index), None
+            mae_states = None if mae_states is None else batch_rows.take_rows(mae_states, image_index)
         out["itm_logits"] = self.itm_logits(clip, mae_states, input_ids, attention_mask, image_index=pair_image,
                                             text_index=text_index)
 
