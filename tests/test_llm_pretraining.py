@@ -1,7 +1,6 @@
 """The demo's LLM pretraining: each scene description encoded once for all its targets, same loss as one
 text per target."""
 import jax
-import numpy as np
 
 from xformer_jax import losses, pretrain, recipe
 from xformer_jax.data import bpe
@@ -33,8 +32,7 @@ def test_shared_contexts_give_the_loss_of_one_text_per_target(tmp_path):
     assert (contexts, per_context) == (3, 2)  # the first description's 3 targets in two rows of contexts
     assert shared["target_mask"][1:, 1:].sum() == 0  # the short group's padded rows: no tokens, no labels
     assert (shared["target_labels"][1:, 1:] == losses.IGNORE_INDEX).all()
-    batch = {k: v.reshape(contexts * per_context, -1) for k, v in shared.items() if k.startswith("target")}
-    batch.update(context_ids=shared["context_ids"], context_mask=shared["context_mask"],
-                 context_of=np.repeat(np.arange(contexts), per_context))
+    batch = recipe.shared_context_batch(shared, range(contexts))
+    assert batch["context_of"].tolist() == [0, 0, 1, 1, 2, 2]
     got = float(losses.lm_loss(pretrain.shared_context_logits(llm, params, batch), batch["target_labels"]))
     assert abs(got - expected) < 1e-5, (got, expected)  # float32; measured 0.0 on CPU

@@ -207,6 +207,16 @@ def encode_shared_contexts(tokenizer: LLMTokenizer, pairs: Sequence[tuple[str, s
             "target_mask": mask.reshape(shape), "target_labels": labels.reshape(shape)}
 
 
+def shared_context_batch(tokens: dict[str, np.ndarray], rows: Sequence[int]) -> dict[str, np.ndarray]:
+    """The `pretrain.shared_context_logits` batch of contexts `rows` of `encode_shared_contexts`'s arrays:
+    their targets flattened to one row each, with the context row each one continues."""
+    per_context = tokens["target_ids"].shape[1]
+    batch = {k: v[np.asarray(rows)] for k, v in tokens.items()}
+    return {**{k: v.reshape(len(rows) * per_context, -1) for k, v in batch.items() if k.startswith("target")},
+            "context_ids": batch["context_ids"], "context_mask": batch["context_mask"],
+            "context_of": np.repeat(np.arange(len(rows)), per_context)}
+
+
 def _padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, mask, labels = ids where mask else IGNORE_INDEX) of token rows, right-padded to the longest
     (a multiple of 8)."""
@@ -239,18 +249,14 @@ def pretrained_llm(config: ml_collections.ConfigDict, paths: dict, directory: st
         raise ValueError(f"the LLM's pretraining texts reach {longest} tokens but "
                          f"config.model.llm.max_position_embeddings={config.model.llm.max_position_embeddings}")
     rng = np.random.default_rng(config.seed)
-    descriptions, per_context = tokens["target_ids"].shape[:2]
+    descriptions = tokens["target_ids"].shape[0]
     contexts = min(budget.llm_batch_size, descriptions)
 
     def batches():  # epochs of shuffled descriptions, each with all its targets
         while True:
             order = rng.permutation(descriptions)
             for start in range(0, descriptions - contexts + 1, contexts):
-                rows = order[start:start + contexts]
-                batch = {k: v[rows] for k, v in tokens.items()}
-                yield {**{k: v.reshape(contexts * per_context, -1) for k, v in batch.items() if k.startswith("target")},
-                       "context_ids": batch["context_ids"], "context_mask": batch["context_mask"],
-                       "context_of": np.repeat(np.arange(contexts), per_context)}
+                yield shared_context_batch(tokens, order[start:start + contexts])
     llm = stage2.llm_module(build.stage2_config(config.model).llm)
     params, history = pretrain.pretrain_llm(llm, batches(), budget.llm_steps, lr=budget.llm_lr, seed=config.seed)
     build.save_params(out["llm"], params)
