@@ -5,9 +5,10 @@ parts. Small towers and a small OPT mean nothing with random weights, so the par
 on the synthetic training split only:
   towers  MAE masked reconstruction and a CLIP-style contrastive vision tower (`pretrain`);
   llm     a byte-level BPE (`data.bpe`) and causal-LM pretraining of the small OPT on texts
-          "DESCRIPTION</s>TARGET": the description is one caption of a scene, the target another caption
-          after BLIP-2's "a photo of" prompt, or "Question: Q Short answer: A" (the loss is on the target
-          only). The LLM so learns to describe and to answer from whatever precedes its bos. Stage 2
+          "DESCRIPTION</s>TARGET": the description is the scene's complete description (`synthetic.describe`),
+          the target one of its captions after BLIP-2's "a photo of" prompt, or "Question: Q Short answer: A"
+          (the loss is on the target only; each description is encoded once for all its targets). The LLM
+          so learns to describe and to answer from whatever precedes its bos. Stage 2
           (captions only, "a photo of " prompt, as BLIP-2) puts the queries where the description stood, so
           zero-shot VQA with the queries as prefix asks the LLM what it learned to do.
 Every phase leaves its output in a directory with a spec of what made it; a rerun with the same spec
