@@ -120,14 +120,15 @@ def overfit(workdir, towers, fusion, placement, weights: dict, steps: int = 60) 
     """(per-step metrics, final params) of `steps` steps on one batch of distinct images, from pretrained towers, at a
     warmed-up lr of 1.2e-3 decayed to a tenth (at 2e-3 ITC could leave its plateau with a spike and fall
     back onto it), with a Q-Former 128 wide (at width 32 a fresh cross-attention, std 0.02, passes ~0.1%
-    image signal)."""
+    image signal). One device: the mesh is tested elsewhere, and 8 simulated devices on a few cores cost
+    collectives and time here."""
     config = tiny_config(workdir, fusion, placement)
     config.total_steps = steps
     config.optim.update(lr=1.2e-3, min_lr=1.2e-4, warmup_steps=5)
     config.loss.weights.update(weights)
     config.model.qformer.update(hidden_size=128, intermediate_size=256)
     config.model.fusion.update(intermediate_size=256)
-    trainer = loop.make_trainer(config)
+    trainer = loop.make_trainer(config, devices=jax.devices()[:1])
     batch = trainer.global_batch(distinct_images(config, config.batch_size))
     towers = {k: v for k, v in towers.items() if k in trainer.state.frozen}
     state, history = trainer.state.replace(frozen=build.merge_pretrained(trainer.state.frozen, towers)), []
