@@ -7,7 +7,8 @@
 3. trains stage 1 (`configs/demo.py:stage1`, Q-Former from the real MiniLM BERT) and stage 2
    (`configs/demo.py:stage2`, the queries as prefix of the frozen OPT, captions only);
 4. evaluates, on the validation and the test split, zero-shot VQA per question type against two blind
-   answerers (the training prior and the best constant answer per type), and captions (CIDEr-D and the
+   answerers (the training prior and the best constant answer per type) and against the same model asked
+   each question about another image (shuffled images), and captions (CIDEr-D and the
    colour / shape / count facts they state, against the best blind caption); stage-1 ITM accuracy on
    held-out pairs, the reconstruction through M' against the MAE's own, and ITC retrieval; prints tables;
 5. draws WORKDIR/loss_curves.png (both stages, training and held-out), WORKDIR/reconstruction.png (image /
@@ -164,6 +165,7 @@ def print_tables(report: dict, seconds: dict) -> None:
         print(_table(["answers from", "all", *kinds], [
             [name, result["accuracy"], *(result["per_question_type"][k] for k in kinds)]
             for name, result in (("the model (queries as prefix)", vqa),
+                                 ("the model, each question asked of another image", scores["vqa_shuffled_images"]),
                                  ("the most frequent training answer", blind["prior"]),
                                  (f"the best constant answer per type on {split}", blind["best_constant"]))]))
         caption, attrs, prior = scores["caption"], scores["attributes"], report["blind_caption"][split]

@@ -28,9 +28,10 @@ def test_demo_runs_both_stages_and_writes_its_table_pictures_and_predictions(tmp
         captions = json.load(open(tmp_path / "demo" / "eval" / split / "caption_predictions.json"))
         assert len(captions) == 8 and all(isinstance(c["caption"], str) for c in captions)
         scores = json.load(open(tmp_path / "demo" / "eval" / split / "scores.json"))
-        assert set(scores["vqa"]["per_question_type"]) == {"count", "color", "position", "exists"}
+        for key in ("vqa", "vqa_shuffled_images"):
+            assert set(scores[key]["per_question_type"]) == {"count", "color", "position", "exists"}
         assert set(scores["attributes"]) == {"colour", "shape", "count", "score", "precision"}
-    for line in ("| stage 2 loss_lm |", "| the model (queries as prefix) |", "| the best constant answer per type on test |",
+    for line in ("| stage 2 loss_lm |", "| the model (queries as prefix) |", "| the model, each question asked of another image |", "| the best constant answer per type on test |",
                  "CIDEr-D", "| generated |", "| blind: ", "complete description", "| stage 2 |", "held-out validation pairs",
                  "reading the MAE encoder's own M", "| clip |", "| mae |"):
         assert line in out, line
@@ -47,6 +48,18 @@ def test_demo_runs_both_stages_and_writes_its_table_pictures_and_predictions(tmp
     assert recipe.evaluate(str(tmp_path / "demo" / "stage2"), parts.paths, str(eval_dir), TINY_BUDGET, "test") == scores
     assert len(kept) >= 7 and [p for p in kept if p.stat().st_mtime_ns != before[p]] == []
     assert timer.seconds["tower pretraining"] < 1 and timer.seconds["LLM pretraining"] < 1
+
+
+def test_shuffled_images_asks_every_question_of_another_image_keeping_each_images_questions_together():
+    questions = [{"question_id": 10 * i + k, "image": f"im{i}.png"} for i in range(5) for k in range(3)]
+    shuffled = recipe.shuffled_images(questions)
+    assert [q["question_id"] for q in shuffled] == [q["question_id"] for q in questions]
+    moved = {q["image"]: s["image"] for q, s in zip(questions, shuffled)}  # one destination per image
+    assert len(moved) == 5 and sorted(moved.values()) == sorted(moved) and all(a != b for a, b in moved.items())
+    assert all(moved[q["image"]] == s["image"] for q, s in zip(questions, shuffled))
+    assert recipe.shuffled_images(questions) == shuffled and recipe.shuffled_images(questions, seed=1) != shuffled
+    with pytest.raises(ValueError, match="2 or more images"):
+        recipe.shuffled_images(questions[:3])
 
 
 def _scores(vqa: float, count: float, cider: float) -> dict:

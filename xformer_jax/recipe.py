@@ -45,6 +45,7 @@ from xformer_jax.train import build, loop
 SPEC = "spec.json"
 # Every split is evaluated; nothing in the recipe is chosen by looking at either, and README reports both.
 EVAL_SPLITS = ("val", "test")
+SHUFFLE_SEED = 0  # which other image each question is asked of in the shuffled-image baseline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,10 +318,13 @@ def load_images(entries: Sequence[dict], root: str) -> list:
 
 
 def evaluate(stage2_dir: str, paths: dict, out_dir: str, budget: Budget, split: str = "val") -> dict:
-    """Zero-shot VQA (accuracy per question type) and captioning (CIDEr-D, BLEU-4) of a stage-2 run on a
-    synthetic split, scored by `eval.score` from the official-format files it writes to out_dir:
-    vqa_predictions.json, caption_predictions.json and scores.json (reused when the run is unchanged)."""
-    spec = {"run": _as_json(rundir.read_config(stage2_dir)), "split": split, "num_beams": budget.num_beams}
+    """Zero-shot VQA (accuracy per question type), the same questions asked of other images
+    (`shuffled_images`) and captioning (CIDEr-D, BLEU-4, caption facts) of a stage-2 run on a synthetic
+    split, scored by `eval.score` from the official-format files it writes to out_dir: vqa_predictions.json,
+    vqa_shuffled_images_predictions.json, caption_predictions.json and scores.json (reused when the run is
+    unchanged)."""
+    spec = {"run": _as_json(rundir.read_config(stage2_dir)), "split": split, "num_beams": budget.num_beams,
+            "shuffled_images_seed": SHUFFLE_SEED}
     if _reusable(out_dir, spec, ["scores.json", "vqa_predictions.json", "caption_predictions.json"]):
         return load_json(os.path.join(out_dir, "scores.json"))
     os.makedirs(out_dir, exist_ok=True)
@@ -328,15 +332,33 @@ def evaluate(stage2_dir: str, paths: dict, out_dir: str, budget: Budget, split: 
     vqa_path, caption_path = (os.path.join(out_dir, f"{t}_predictions.json") for t in ("vqa", "caption"))
     questions = load_json(paths[f"vqa_{split}"])
     _write_json(vqa_path, vqa_predictions(captioner, questions, paths["root"], budget.eval_batch_size))
+    shuffled_path = os.path.join(out_dir, "vqa_shuffled_images_predictions.json")
+    _write_json(shuffled_path, vqa_predictions(captioner, shuffled_images(questions), paths["root"],
+                                               budget.eval_batch_size))
     captioner.max_new_tokens = 32
     _write_json(caption_path, caption_predictions(captioner, load_json(paths[f"caption_{split}"]), paths["root"],
                                                   budget.eval_batch_size))
-    scores = {"vqa": score("vqav2", vqa_path, paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"]),
+    vqa_files = (paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"])
+    scores = {"vqa": score("vqav2", vqa_path, *vqa_files),
+              "vqa_shuffled_images": score("vqav2", shuffled_path, *vqa_files),
               "caption": score("coco_caption", caption_path, paths[f"caption_{split}_gt"]),
               "attributes": caption_attributes(paths, load_json(caption_path))}
     _write_json(os.path.join(out_dir, "scores.json"), scores)
     _write_spec(out_dir, spec)
     return scores
+
+
+def shuffled_images(questions: list[dict], seed: int = SHUFFLE_SEED) -> list[dict]:
+    """The questions, each asked of another image of the same split: every image's questions move together
+    to the next image of a seeded random cycle through the split's images, so no question keeps its own.
+    What the model answers then is what it answers without seeing the right image (the shuffled-image
+    baseline: a model that looks loses what it read from the image; a blind one loses nothing)."""
+    images = list(dict.fromkeys(q["image"] for q in questions))
+    if len(images) < 2:
+        raise ValueError(f"shuffling images needs questions about 2 or more images, got {len(images)}")
+    cycle = [images[k] for k in np.random.default_rng(seed).permutation(len(images))]
+    other = dict(zip(cycle, cycle[1:] + cycle[:1]))
+    return [{**q, "image": other[q["image"]]} for q in questions]
 
 
 def _most_frequent_answers(entries: list[dict]) -> dict[str, str]:
