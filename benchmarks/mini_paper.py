@@ -57,7 +57,7 @@ def main():
         for seed in (int(s) for s in args.seeds.split(",")):
             print(f"{name} seed {seed}", file=sys.stderr, flush=True)
             result = recipe.run(variant_config(stage1, name, seed, args.batch_size), stage2, parts,
-                                os.path.join(workdir, "runs", f"{name}_seed{seed}"), budget, timer)
+                                os.path.join(workdir, "runs", f"{name}_seed{seed}"), budget, timer, splits=(SPLIT,))
             runs.setdefault(name, []).append(result.scores[SPLIT])
             print(f"{name} seed {seed}: {json.dumps(run_metrics(result.scores[SPLIT]))}", file=sys.stderr, flush=True)
     blind = recipe.blind_baselines(parts.paths, os.path.join(workdir, "blind"), SPLIT)

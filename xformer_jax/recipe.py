@@ -54,7 +54,7 @@ class Budget:
     tower_steps: int = 300  # pretraining steps per tower
     tower_batch_size: int = 32  # larger than the stage-1 batch: contrastive negatives must differ in more than colour
     llm_steps: int = 400  # causal-LM pretraining steps of the small OPT
-    llm_batch_size: int = 8  # scene descriptions per step, each with all its captions and questions
+    llm_batch_size: int = 8  # description rows per step, each with up to 8 of its captions and questions
     llm_question_rounds: int = 2  # more question sets per training scene for the LLM (`llm_texts`)
     llm_lr: float = 2e-3
     num_beams: int = 1  # decoding at evaluation (1 = greedy)
@@ -251,14 +251,14 @@ def pretrained_llm(config: ml_collections.ConfigDict, paths: dict, directory: st
         raise ValueError(f"the LLM's pretraining texts reach {longest} tokens but "
                          f"config.model.llm.max_position_embeddings={config.model.llm.max_position_embeddings}")
     rng = np.random.default_rng(config.seed)
-    descriptions = tokens["target_ids"].shape[0]
-    contexts = min(budget.llm_batch_size, descriptions)
+    context_rows = tokens["context_ids"].shape[0]  # a description with more targets than a row holds spans two
+    per_batch = min(budget.llm_batch_size, context_rows)
 
-    def batches():  # epochs of shuffled descriptions, each with all its targets
+    def batches():  # epochs of shuffled context rows, each with its targets
         while True:
-            order = rng.permutation(descriptions)
-            for start in range(0, descriptions - contexts + 1, contexts):
-                yield shared_context_batch(tokens, order[start:start + contexts])
+            order = rng.permutation(context_rows)
+            for start in range(0, context_rows - per_batch + 1, per_batch):
+                yield shared_context_batch(tokens, order[start:start + per_batch])
     llm = stage2.llm_module(build.stage2_config(config.model).llm)
     params, history = pretrain.pretrain_llm(llm, batches(), budget.llm_steps, lr=budget.llm_lr, seed=config.seed)
     build.save_params(out["llm"], params)
@@ -468,14 +468,14 @@ class Run:
     stage1_config: ml_collections.ConfigDict
     stage1_dir: str
     stage2_dir: str
-    eval_dir: str  # eval_dir/val, eval_dir/test: `evaluate`'s files per split
+    eval_dir: str  # eval_dir/SPLIT: `evaluate`'s files per evaluated split
     stage1_state: object
     scores: dict  # {split: `evaluate`'s scores}
 
 
 def run(stage1: ml_collections.ConfigDict, stage2_base: ml_collections.ConfigDict, parts: Parts, run_dir: str,
-        budget: Budget, timer: "Timer") -> Run:
-    """Stage 1, stage 2 and the evaluation of one model under run_dir (stage1/, stage2/, eval/)."""
+        budget: Budget, timer: "Timer", splits: Sequence[str] = EVAL_SPLITS) -> Run:
+    """Stage 1, stage 2 and the evaluation on `splits` of one model under run_dir (stage1/, stage2/, eval/)."""
     stage1_dir, stage2_dir, eval_dir = (os.path.join(run_dir, name) for name in ("stage1", "stage2", "eval"))
     config1 = stage1_config(stage1, parts.towers)
     config2 = stage2_config(stage2_base, config1, parts.llm, stage1_dir)
@@ -487,7 +487,7 @@ def run(stage1: ml_collections.ConfigDict, stage2_base: ml_collections.ConfigDic
         _finished(loop.train(config2, stage2_dir, eval_hook=_eval_hook(config2)), config2, stage2_dir)
     with timer("evaluation"):
         scores = {split: evaluate(stage2_dir, parts.paths, os.path.join(eval_dir, split), budget, split)
-                  for split in EVAL_SPLITS}
+                  for split in splits}
     return Run(config1, stage1_dir, stage2_dir, eval_dir, state, scores)
 
 
