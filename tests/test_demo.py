@@ -31,7 +31,8 @@ def test_demo_runs_both_stages_and_writes_its_table_pictures_and_predictions(tmp
         for key in ("vqa", "vqa_shuffled_images"):
             assert set(scores[key]["per_question_type"]) == {"count", "color", "position", "exists"}
         assert set(scores["attributes"]) == {"colour", "shape", "count", "score", "precision"}
-    for line in ("| stage 2 loss_lm |", "| the model (queries as prefix) |", "| the model, each question asked of another image |", "| the best constant answer per type on test |",
+    for line in ("| stage 2 loss_lm |", "| the model (queries as prefix) |", "| the best constant answer per type on test |",
+                 "| the model, each question asked of another image |",
                  "CIDEr-D", "| generated |", "| blind: ", "complete description", "| stage 2 |", "held-out validation pairs",
                  "reading the MAE encoder's own M", "| clip |", "| mae |"):
         assert line in out, line

@@ -325,7 +325,8 @@ def evaluate(stage2_dir: str, paths: dict, out_dir: str, budget: Budget, split: 
     unchanged)."""
     spec = {"run": _as_json(rundir.read_config(stage2_dir)), "split": split, "num_beams": budget.num_beams,
             "shuffled_images_seed": SHUFFLE_SEED}
-    if _reusable(out_dir, spec, ["scores.json", "vqa_predictions.json", "caption_predictions.json"]):
+    if _reusable(out_dir, spec, ["scores.json", "vqa_predictions.json", "vqa_shuffled_images_predictions.json",
+                                 "caption_predictions.json"]):
         return load_json(os.path.join(out_dir, "scores.json"))
     os.makedirs(out_dir, exist_ok=True)
     captioner = Captioner.from_workdir(stage2_dir, num_beams=budget.num_beams, max_new_tokens=4)
