@@ -43,7 +43,7 @@ from xformer_jax.predict.captions import CAPTION_PROMPT, VQA_PROMPT, Captioner, 
 from xformer_jax.train import build, loop
 
 SPEC = "spec.json"
-# Every split is evaluated; nothing in the recipe is chosen by looking at either, and README reports both.
+# The demo evaluates both splits; nothing in the recipe is chosen by looking at either, and README reports both.
 EVAL_SPLITS = ("val", "test")
 SHUFFLE_SEED = 0  # which other image each question is asked of in the shuffled-image baseline
 
@@ -325,15 +325,14 @@ def evaluate(stage2_dir: str, paths: dict, out_dir: str, budget: Budget, split: 
     unchanged)."""
     spec = {"run": _as_json(rundir.read_config(stage2_dir)), "split": split, "num_beams": budget.num_beams,
             "shuffled_images_seed": SHUFFLE_SEED}
-    if _reusable(out_dir, spec, ["scores.json", "vqa_predictions.json", "vqa_shuffled_images_predictions.json",
-                                 "caption_predictions.json"]):
+    predictions = ("vqa", "vqa_shuffled_images", "caption")
+    if _reusable(out_dir, spec, ["scores.json", *(f"{name}_predictions.json" for name in predictions)]):
         return load_json(os.path.join(out_dir, "scores.json"))
     os.makedirs(out_dir, exist_ok=True)
     captioner = Captioner.from_workdir(stage2_dir, num_beams=budget.num_beams, max_new_tokens=4)
-    vqa_path, caption_path = (os.path.join(out_dir, f"{t}_predictions.json") for t in ("vqa", "caption"))
+    vqa_path, shuffled_path, caption_path = (os.path.join(out_dir, f"{name}_predictions.json") for name in predictions)
     questions = load_json(paths[f"vqa_{split}"])
     _write_json(vqa_path, vqa_predictions(captioner, questions, paths["root"], budget.eval_batch_size))
-    shuffled_path = os.path.join(out_dir, "vqa_shuffled_images_predictions.json")
     _write_json(shuffled_path, vqa_predictions(captioner, shuffled_images(questions), paths["root"],
                                                budget.eval_batch_size))
     captioner.max_new_tokens = 32
