@@ -1,7 +1,9 @@
 """launch/evaluate.py's gqa / count / retrieval modes end to end on tiny trained runs, and the synthetic
 benchmark's GQA and counting files; retrieval with ITM re-ranking against a brute-force reference."""
 import functools
+import importlib.util
 import json
+import os
 
 import jax
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from PIL import Image
 
 from launch import evaluate
+from xformer_jax import recipe
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.data import bpe, synthetic
 from xformer_jax.data.pipeline import image_transform
@@ -19,6 +22,7 @@ from xformer_jax.eval.vqa import normalize_answer
 from xformer_jax.predict import captions, inputs, rankings
 from xformer_jax.train import loop
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K_TEST = 3  # below the 8 images / 40 texts of the val split, so re-ranking leaves most pairs at -100
 
 
@@ -179,3 +183,35 @@ def test_retrieval_with_itm_reranking_equals_a_brute_force_reference(runs, capsy
     np.testing.assert_array_equal(ranked["i2t"], np.argsort(-ref_i2t, axis=1, kind="stable")[:, :10])
     np.testing.assert_array_equal(ranked["t2i"], np.argsort(-ref_t2i, axis=1, kind="stable")[:, :10])
     assert printed["num_images"] == 8 and printed["num_texts"] == 40
+
+
+def test_prefix_probes_read_the_llm_prefix_of_every_image(runs, monkeypatch, capsys):
+    """benchmarks/prefix_probes.py: the probes see each image's projected queries, flattened, training
+    images to fit and the held-out ones to score."""
+    spec = importlib.util.spec_from_file_location("prefix_probes", os.path.join(REPO, "benchmarks", "prefix_probes.py"))
+    prefix_probes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prefix_probes)
+    from xformer_jax.eval import probes
+    seen = {}
+    real_probe_all = probes.probe_all
+
+    def probe_all(train, train_scenes, held_out, held_out_scenes):
+        seen.update(train=train, held_out=held_out, scenes=(len(train_scenes), len(held_out_scenes)))
+        return real_probe_all(train, train_scenes, held_out, held_out_scenes)
+
+    monkeypatch.setattr(probes, "probe_all", probe_all)
+    monkeypatch.setattr("sys.argv", ["prefix_probes.py", f"--run={runs['stage2']}", f"--data={runs['paths']['root']}"])
+    prefix_probes.main()
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["prefix"]) == set(probes.TASKS)
+    assert all(0 <= v <= 100 for task in result["prefix"].values() for v in task.values())
+    paths = runs["paths"]
+    train_entries = recipe.split_images(paths, "train")
+    assert seen["scenes"] == (len(train_entries), sum(len(recipe.split_images(paths, s)) for s in recipe.EVAL_SPLITS))
+    captioner = captions.Captioner.from_workdir(runs["stage2"], num_beams=1)
+    pixels, mae_pixels = captioner.pixels(recipe.load_images(train_entries[:2], paths["root"]))
+    expected = captioner.model.apply({"params": captioner.params}, pixels, mae_pixels, method=captioner.model.prefix)[0]
+    np.testing.assert_allclose(seen["train"][:2], np.asarray(expected).reshape(2, -1), atol=1e-5)
+    with pytest.raises(SystemExit, match="no synthetic dataset"):
+        monkeypatch.setattr("sys.argv", ["prefix_probes.py", f"--run={runs['stage2']}", f"--data={runs['out']}"])
+        prefix_probes.main()

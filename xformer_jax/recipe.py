@@ -128,19 +128,37 @@ def tower_probes(config: ml_collections.ConfigDict, paths: dict, towers: dict, b
             noise=mae_lib.identity_noise(x["mae_pixel_values"].shape[0], model_config.mae.num_patches),
         )["last_hidden_state"][:, 1:]),
     }
-    transform = pipeline.image_transform(config.data, train=False)
+    features = {name: lambda pixels, fn=fn: probes.cell_features(np.asarray(fn(pixels)))
+                for name, fn in patch_tokens.items()}
+    return _probe_features(paths, pipeline.image_transform(config.data, train=False), features, batch_size)
 
-    def features(splits):
+
+def prefix_probes(stage2_dir: str, paths: dict, batch_size: int = 64) -> dict:
+    """{"prefix": {task: {"probe", "majority"}}}: the towers' linear probes applied to what a stage-2 run's
+    LLM reads, its query prefix after `llm_proj` (Q x LLM width per image, flattened): which of what the
+    towers see the queries pass on to the LLM."""
+    captioner = Captioner.from_workdir(stage2_dir, num_beams=1)
+    model = captioner.model
+    prefix = jax.jit(lambda px, mae_px: model.apply({"params": captioner.params}, px, mae_px, method=model.prefix)[0])
+    flat = lambda pixels: np.asarray(prefix(pixels["pixel_values"], pixels["mae_pixel_values"])).reshape(  # noqa: E731
+        len(pixels["pixel_values"]), -1)
+    return _probe_features(paths, captioner.transform, {"prefix": flat}, batch_size)
+
+
+def _probe_features(paths: dict, transform, features: dict[str, Callable], batch_size: int) -> dict:
+    """{name: probes.probe_all} for each features[name] (a batch of pixel views -> (B, F) numpy), fitted on
+    the training images and scored on the validation and test images together."""
+    def encode(splits):
         entries = [e for split in splits for e in split_images(paths, split)]
-        out = {name: [] for name in patch_tokens}
+        out = {name: [] for name in features}
         for start in range(0, len(entries), batch_size):
             views = [transform(image, None) for image in load_images(entries[start:start + batch_size], paths["root"])]
             pixels = {k: np.stack([v[k] for v in views]) for k in views[0]}
-            for name, fn in patch_tokens.items():
-                out[name].append(probes.cell_features(np.asarray(fn(pixels))))
+            for name, fn in features.items():
+                out[name].append(fn(pixels))
         return {k: np.concatenate(v) for k, v in out.items()}, scenes_of(paths, [e["image_id"] for e in entries])
 
-    (train, train_scenes), (held_out, held_out_scenes) = features(["train"]), features(EVAL_SPLITS)
+    (train, train_scenes), (held_out, held_out_scenes) = encode(["train"]), encode(EVAL_SPLITS)
     return {name: probes.probe_all(train[name], train_scenes, held_out[name], held_out_scenes) for name in train}
 
 
