@@ -212,6 +212,11 @@ def test_prefix_probes_read_the_llm_prefix_of_every_image(runs, monkeypatch, cap
     pixels, mae_pixels = captioner.pixels(recipe.load_images(train_entries[:2], paths["root"]))
     expected = captioner.model.apply({"params": captioner.params}, pixels, mae_pixels, method=captioner.model.prefix)[0]
     np.testing.assert_allclose(seen["train"][:2], np.asarray(expected).reshape(2, -1), atol=1e-5)
+    queries = seen["held_out"].reshape(len(seen["held_out"]), captioner.config.model.qformer.num_query_tokens, -1)
+    pairs = [(i, j) for i in range(queries.shape[1]) for j in range(queries.shape[1]) if i != j]
+    cosine = np.mean([np.sum(queries[:, i] * queries[:, j], -1) / np.linalg.norm(queries[:, i], axis=-1)
+                      / np.linalg.norm(queries[:, j], axis=-1) for i, j in pairs])
+    np.testing.assert_allclose(result["query_cosine"], cosine, atol=1e-5)
     with pytest.raises(SystemExit, match="no synthetic dataset"):
         monkeypatch.setattr("sys.argv", ["prefix_probes.py", f"--run={runs['stage2']}", f"--data={runs['out']}"])
         prefix_probes.main()

@@ -130,24 +130,30 @@ def tower_probes(config: ml_collections.ConfigDict, paths: dict, towers: dict, b
     }
     features = {name: lambda pixels, fn=fn: probes.cell_features(np.asarray(fn(pixels)))
                 for name, fn in patch_tokens.items()}
-    return _probe_features(paths, pipeline.image_transform(config.data, train=False), features, batch_size)
+    return _probe_features(paths, pipeline.image_transform(config.data, train=False), features, batch_size)[0]
 
 
 def prefix_probes(stage2_dir: str, paths: dict, batch_size: int = 64) -> dict:
-    """{"prefix": {task: {"probe", "majority"}}}: the towers' linear probes applied to what a stage-2 run's
-    LLM reads, its query prefix after `llm_proj` (Q x LLM width per image, flattened): which of what the
-    towers see the queries pass on to the LLM."""
+    """{"prefix": {task: {"probe", "majority"}}, "query_cosine": float}: the towers' linear probes applied to
+    what a stage-2 run's LLM reads, its query prefix after `llm_proj` (Q x LLM width per image, flattened):
+    which of what the towers see the queries pass on to the LLM; and the mean cosine similarity between
+    two queries of one held-out image (1.0: every query says the same, the LLM reads one token Q times)."""
     captioner = Captioner.from_workdir(stage2_dir, num_beams=1)
     model = captioner.model
     prefix = jax.jit(lambda px, mae_px: model.apply({"params": captioner.params}, px, mae_px, method=model.prefix)[0])
     flat = lambda pixels: np.asarray(prefix(pixels["pixel_values"], pixels["mae_pixel_values"])).reshape(  # noqa: E731
         len(pixels["pixel_values"]), -1)
-    return _probe_features(paths, captioner.transform, {"prefix": flat}, batch_size)
+    results, held_out = _probe_features(paths, captioner.transform, {"prefix": flat}, batch_size)
+    queries = held_out["prefix"].reshape(len(held_out["prefix"]), model.config.qformer.num_query_tokens, -1)
+    unit = queries / np.linalg.norm(queries, axis=-1, keepdims=True)
+    cosines = np.einsum("bqd,bkd->bqk", unit, unit)
+    num = queries.shape[1]
+    return {**results, "query_cosine": float(np.mean((cosines.sum((1, 2)) - num) / (num * num - num)))}
 
 
-def _probe_features(paths: dict, transform, features: dict[str, Callable], batch_size: int) -> dict:
-    """{name: probes.probe_all} for each features[name] (a batch of pixel views -> (B, F) numpy), fitted on
-    the training images and scored on the validation and test images together."""
+def _probe_features(paths: dict, transform, features: dict[str, Callable], batch_size: int) -> tuple[dict, dict]:
+    """({name: probes.probe_all}, {name: held-out features}) for each features[name] (a batch of pixel views
+    -> (B, F) numpy), fitted on the training images and scored on the validation and test images together."""
     def encode(splits):
         entries = [e for split in splits for e in split_images(paths, split)]
         out = {name: [] for name in features}
@@ -159,7 +165,8 @@ def _probe_features(paths: dict, transform, features: dict[str, Callable], batch
         return {k: np.concatenate(v) for k, v in out.items()}, scenes_of(paths, [e["image_id"] for e in entries])
 
     (train, train_scenes), (held_out, held_out_scenes) = encode(["train"]), encode(EVAL_SPLITS)
-    return {name: probes.probe_all(train[name], train_scenes, held_out[name], held_out_scenes) for name in train}
+    return ({name: probes.probe_all(train[name], train_scenes, held_out[name], held_out_scenes) for name in train},
+            held_out)
 
 
 def _with_fusion(model: ml_collections.ConfigDict, kind: str) -> ml_collections.ConfigDict:
