@@ -10,7 +10,9 @@
    answerers (the training prior and the best constant answer per type) and against the same model asked
    each question about another image (shuffled images), and captions (CIDEr-D and the
    colour / shape / count facts they state, against the best blind caption); stage-1 ITM accuracy on
-   held-out pairs, the reconstruction through M' against the MAE's own, and ITC retrieval; prints tables;
+   held-out pairs, the reconstruction through M' against the MAE's own, ITC retrieval, and the towers' probes
+   applied to the stage-2 queries the LLM reads (`recipe.prefix_probes`, with how alike an image's queries
+   are); prints tables;
 5. draws WORKDIR/loss_curves.png (both stages, training and held-out), WORKDIR/reconstruction.png (image /
    masked input / reconstruction) and WORKDIR/examples.png (test images, generated captions and answers
    marked right or wrong).
@@ -155,9 +157,14 @@ def print_tables(report: dict, seconds: dict) -> None:
           f"image->text R@1 {recall['i2t_r1']:.1f} R@5 {recall['i2t_r5']:.1f}, "
           f"text->image R@1 {recall['t2i_r1']:.1f} R@5 {recall['t2i_r5']:.1f}")
     tasks = list(probes.TASKS)
-    print("\nlinear probes of the frozen towers' patch tokens on held-out images (accuracy %, majority in brackets)\n")
-    print(_table(["tower", *tasks], [[name, *(f"{r[t]['probe']:.1f} ({r[t]['majority']:.1f})" for t in tasks)]
-                                     for name, r in report["probes"].items()]))
+    print("\nlinear probes of the frozen towers' patch tokens and of the stage-2 queries on held-out images "
+          "(accuracy %, majority in brackets)\n")
+    prefix = report["prefix_probes"]
+    rows = [*report["probes"].items(), ("the stage-2 queries (the LLM's prefix)", prefix["prefix"])]
+    print(_table(["features", *tasks], [[name, *(f"{r[t]['probe']:.1f} ({r[t]['majority']:.1f})" for t in tasks)]
+                                        for name, r in rows]))
+    print(f"\nthe stage-2 queries: mean cosine between two queries of a held-out image {prefix['query_cosine']:.3f} "
+          "(1 would mean every query says the same)")
     for split, scores in report["scores"].items():
         vqa, blind = scores["vqa"], report["blind"][split]
         kinds = sorted(vqa["per_question_type"])
@@ -188,6 +195,8 @@ def run_demo(stage1, stage2, workdir: str, budget: recipe.Budget) -> None:
     with timer("tower probes"):
         tower_probes = recipe.tower_probes(stage1, parts.paths, parts.towers)
     result = recipe.run(stage1, stage2, parts, workdir, budget, timer)
+    with timer("prefix probes"):
+        prefix_probes = recipe.prefix_probes(result.stage2_dir, parts.paths)
 
     with timer("retrieval, baselines and pictures"):
         config = result.stage1_config
@@ -198,6 +207,7 @@ def run_demo(stage1, stage2, workdir: str, budget: recipe.Budget) -> None:
         report = {"stage1": read_metrics(os.path.join(result.stage1_dir, "metrics.jsonl")),
                   "stage2": read_metrics(os.path.join(result.stage2_dir, "metrics.jsonl")),
                   "recall": recall, "num_val": config.data.synthetic.num_val, "probes": tower_probes,
+                  "prefix_probes": prefix_probes,
                   "scores": result.scores, "ceiling": recipe.llm_reads_descriptions(stage2, parts)}
         rec = reconstruction(model, params, batch) if model.config.fusion.reconstructs else None
         report["reconstruction"] = rec

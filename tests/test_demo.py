@@ -34,7 +34,8 @@ def test_demo_runs_both_stages_and_writes_its_table_pictures_and_predictions(tmp
     for line in ("| stage 2 loss_lm |", "| the model (queries as prefix) |", "| the best constant answer per type on test |",
                  "| the model, each question asked of another image |",
                  "CIDEr-D", "| generated |", "| blind: ", "complete description", "| stage 2 |", "held-out validation pairs",
-                 "reading the MAE encoder's own M", "| clip |", "| mae |"):
+                 "reading the MAE encoder's own M", "| clip |", "| mae |", "| the stage-2 queries (the LLM's prefix) |",
+                 "mean cosine between two queries"):
         assert line in out, line
     steps = [json.loads(line)["step"] for line in open(tmp_path / "demo" / "stage2" / "metrics.jsonl")]
     assert steps[-1] == 2
