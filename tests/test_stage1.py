@@ -197,5 +197,10 @@ def test_demo_fresh_lr_scale_picks_the_params_no_checkpoint_initialises(tmp_path
                 p.startswith("qformer/qformer/layer_")}
     assert picked == expected
     assert any("/crossattention/" in p for p in picked) and any(p.startswith("dual/") for p in picked)
-    assert demo.get_config("stage1").optim.lr_scales == ((demo.FRESH_PARAMS, demo.FRESH_LR_SCALE),)
+    value_path = {p for p in paths if re.search(demo.FRESH_VALUE_PATH, p)}
+    assert value_path and value_path < picked  # the cross-attention's value / output params, all fresh
+    assert all("/crossattention/value/" in p or "/crossattention/output/" in p for p in value_path)
+    assert any("/crossattention/query/" in p for p in picked - value_path)
+    assert demo.get_config("stage1").optim.lr_scales == ((demo.FRESH_VALUE_PATH, demo.FRESH_VALUE_LR_SCALE),
+                                                         (demo.FRESH_PARAMS, demo.FRESH_LR_SCALE))
     assert demo.get_config("stage2").optim.lr_scales == ()  # stage 2's Q-Former comes from stage 1

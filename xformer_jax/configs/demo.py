@@ -16,6 +16,9 @@ from xformer_jax.configs import common
 VARIANTS = ("stage1", "stage2")
 FRESH_PARAMS = r"^qformer/(query_tokens|ln_vision|vision_proj|text_proj|itm_head)\b|/crossattention/|^dual/"
 FRESH_LR_SCALE = 30.0
+# The fresh cross-attention's value / output path, slower than its query / key projections (see get_config).
+FRESH_VALUE_PATH = r"/crossattention/(value|output)/"
+FRESH_VALUE_LR_SCALE = 10.0
 
 
 def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
@@ -56,8 +59,12 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     # The params no checkpoint initialises (queries, cross-attention, ln_vision, ITC / ITM heads, the fusion
     # block; not temp, not BERT's) train at FRESH_LR_SCALE x lr: at 1e-4 for 200 steps they barely leave their
     # N(0, 0.02) init, the ITM pass's queries then hardly depend on image or text and ITM stays at its 1:2
-    # prior (BLIP-2's one lr has 250k steps to get there). README "Quick start" has the measurements.
-    config.optim.lr_scales = ((FRESH_PARAMS, FRESH_LR_SCALE),)
+    # prior (BLIP-2's one lr has 250k steps to get there). The cross-attention's value / output path trains
+    # at FRESH_VALUE_LR_SCALE only (first match wins): while its fresh query / key projections still attend
+    # almost uniformly, that path hands every query the same mean over the image, and at 30x it outgrew the
+    # query-specific part within 40 steps: all 8 queries of an image became one vector (cosine 1.000), so
+    # the LLM read one token 8 times. README "Quick start" has the measurements.
+    config.optim.lr_scales = ((FRESH_VALUE_PATH, FRESH_VALUE_LR_SCALE), (FRESH_PARAMS, FRESH_LR_SCALE))
     if arg == "stage2":
         config.stage = "stage2"
         # A small OPT laid out like the real ones (pre-LN, tied head, </s> = 2 as bos, <pad> = 1).
