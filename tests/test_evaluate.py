@@ -17,7 +17,7 @@ from xformer_jax.data import bpe, synthetic
 from xformer_jax.data.pipeline import image_transform
 from xformer_jax.data.tokenizers import QFormerTokenizer
 from xformer_jax.data.transforms import clean_caption
-from xformer_jax.eval import recall
+from xformer_jax.eval import probes, recall
 from xformer_jax.eval.vqa import normalize_answer
 from xformer_jax.predict import captions, inputs, rankings
 from xformer_jax.train import loop
@@ -191,7 +191,6 @@ def test_prefix_probes_read_the_llm_prefix_of_every_image(runs, monkeypatch, cap
     spec = importlib.util.spec_from_file_location("prefix_probes", os.path.join(REPO, "benchmarks", "prefix_probes.py"))
     prefix_probes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(prefix_probes)
-    from xformer_jax.eval import probes
     seen = {}
     real_probe_all = probes.probe_all
 
