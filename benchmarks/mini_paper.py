@@ -3,7 +3,8 @@
 Fusion variants blip2, concat, early_xattn, xformer, xformer without the reconstruction loss and xformer
 with ITG reading the fused queries (`model.itg_context="fused"`), each with several seeds: stage 1 and
 stage 2 with the demo's small models (configs/demo.py, shorter), then zero-shot VQA accuracy per question
-type and captioning (CIDEr-D, caption facts) on the test split, against the blind baselines of that split.
+type, captioning (CIDEr-D, caption facts) and the mean cosine between two queries of an image in the LLM
+prefix (recipe.prefix_probes) on the test split, against the blind baselines of that split.
 Runs of one seed share the data order, so besides mean ± std over seeds the script prints paired
 differences (xformer - blip2, xformer - xformer_norec, xformer_itg_fused - xformer) with the number of
 seeds each way. The towers, the tokenizer and the LLM are pretrained once and shared by every run (a
@@ -12,7 +13,7 @@ workdir that already holds the demo's parts reuses them); each run is one call o
 xformer_jax/mini_paper.py's). Prints one JSON object, then markdown tables.
 
   python benchmarks/mini_paper.py --workdir=workdir/demo [--variants=blip2,xformer,xformer_norec
-      --seeds=0,1,2 --stage1_steps=100 --stage2_steps=400 --batch_size=16]
+      --seeds=0,1,2 --stage1_steps=200 --stage2_steps=600 --batch_size=16]  (steps: the demo's by default)
 """
 import argparse
 import json
@@ -35,8 +36,8 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--stage1_steps", type=int, default=100)
-    parser.add_argument("--stage2_steps", type=int, default=400)
+    parser.add_argument("--stage1_steps", type=int, default=0, help="0: the demo's")
+    parser.add_argument("--stage2_steps", type=int, default=0, help="0: the demo's")
     parser.add_argument("--batch_size", type=int, default=16, help="both stages")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.WARNING)
@@ -47,7 +48,8 @@ def main():
 
     stage1, stage2 = demo_config.get_config("stage1"), demo_config.get_config("stage2")
     stage1.data.path = os.path.join(workdir, "data")
-    stage1.total_steps, stage2.total_steps = args.stage1_steps, args.stage2_steps
+    stage1.total_steps = args.stage1_steps or stage1.total_steps
+    stage2.total_steps = args.stage2_steps or stage2.total_steps
     stage1.eval_every = stage2.eval_every = 0  # the table scores the test split; no held-out curves needed
     stage2.batch_size = args.batch_size
     budget = recipe.Budget()
@@ -56,15 +58,19 @@ def main():
     for name in args.variants.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             print(f"{name} seed {seed}", file=sys.stderr, flush=True)
-            result = recipe.run(variant_config(stage1, name, seed, args.batch_size), stage2, parts,
-                                os.path.join(workdir, "runs", f"{name}_seed{seed}"), budget, timer, splits=(SPLIT,))
-            runs.setdefault(name, []).append(result.scores[SPLIT])
-            print(f"{name} seed {seed}: {json.dumps(run_metrics(result.scores[SPLIT]))}", file=sys.stderr, flush=True)
+            run_dir = os.path.join(workdir, "runs", f"{name}_seed{seed}")
+            result = recipe.run(variant_config(stage1, name, seed, args.batch_size), stage2, parts, run_dir, budget,
+                                timer, splits=(SPLIT,))
+            # Collapsed queries (cosine near 1) leave the LLM one token read Q times: say so for every run.
+            probes = recipe.prefix_probes(os.path.join(run_dir, "stage2"), parts.paths)
+            scores = {**result.scores[SPLIT], "query_cosine": probes["query_cosine"], "prefix_probes": probes["prefix"]}
+            runs.setdefault(name, []).append(scores)
+            print(f"{name} seed {seed}: {json.dumps(run_metrics(scores))}", file=sys.stderr, flush=True)
     blind = recipe.blind_baselines(parts.paths, os.path.join(workdir, "blind"), SPLIT)
     summary = {**aggregate(runs), **{f"blind: {name}": aggregate({name: [scores]})[name]
                                      for name, scores in blind.items()}}
     comparisons = {f"{a} - {b}": paired(runs, a, b) for a, b in COMPARISONS if a in runs and b in runs}
-    print(json.dumps({"split": SPLIT, "stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
+    print(json.dumps({"split": SPLIT, "stage1_steps": stage1.total_steps, "stage2_steps": stage2.total_steps,
                       "batch_size": args.batch_size, "summary": summary, "paired": comparisons, "runs": runs,
                       "seconds": timer.seconds}))
     print(markdown(summary))

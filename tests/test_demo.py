@@ -71,7 +71,8 @@ def _scores(vqa: float, count: float, cider: float) -> dict:
 
 
 def test_mini_paper_aggregates_seeds_into_mean_and_std_and_a_markdown_table():
-    runs = {"blip2": [_scores(40.0, 10.0, 30.0), _scores(50.0, 30.0, 50.0)], "xformer": [_scores(60.0, 40.0, 70.0)]}
+    runs = {"blip2": [_scores(40.0, 10.0, 30.0), _scores(50.0, 30.0, 50.0)],
+            "xformer": [{**_scores(60.0, 40.0, 70.0), "query_cosine": 0.25}]}
     prior = {"accuracy": 30.0, "per_question_type": {"count": 20.0, "color": 5.0, "position": 25.0, "exists": 50.0}}
     summary = {**mini_paper.aggregate(runs), "prior": mini_paper.aggregate({"prior": [prior]})["prior"]}
 
@@ -80,10 +81,11 @@ def test_mini_paper_aggregates_seeds_into_mean_and_std_and_a_markdown_table():
     assert summary["xformer"]["CIDEr"] == {"mean": 70.0, "std": 0.0, "n": 1}
     assert "CIDEr" not in summary["prior"] and summary["prior"]["exists"]["mean"] == 50.0
     lines = mini_paper.markdown(summary).splitlines()
-    assert lines[0] == "| variant | seeds | vqa | count | color | position | exists | CIDEr | facts |"
+    assert lines[0] == "| variant | seeds | vqa | count | color | position | exists | CIDEr | facts | query cosine |"
     assert lines[2] == ("| blip2 | 2 | 45.0 ± 5.0 | 20.0 ± 10.0 | 50.0 ± 0.0 | 25.0 ± 0.0 | 75.0 ± 0.0 | "
-                        "40.0 ± 10.0 | 20.0 ± 5.0 |")
-    assert lines[4].startswith("| prior | 1 | 30.0 ± 0.0 | 20.0 ± 0.0 |") and lines[4].endswith("| — | — |")
+                        "40.0 ± 10.0 | 20.0 ± 5.0 | — |")
+    assert lines[3].endswith("| 35.0 ± 0.0 | 0.25 ± 0.00 |")
+    assert lines[4].startswith("| prior | 1 | 30.0 ± 0.0 | 20.0 ± 0.0 |") and lines[4].endswith("| — | — | — |")
 
 
 def test_mini_paper_pairs_runs_by_seed():

@@ -203,4 +203,5 @@ def test_demo_fresh_lr_scale_picks_the_params_no_checkpoint_initialises(tmp_path
     assert any("/crossattention/query/" in p for p in picked - value_path)
     assert demo.get_config("stage1").optim.lr_scales == ((demo.FRESH_VALUE_PATH, demo.FRESH_VALUE_LR_SCALE),
                                                          (demo.FRESH_PARAMS, demo.FRESH_LR_SCALE))
-    assert demo.get_config("stage2").optim.lr_scales == ()  # stage 2's Q-Former comes from stage 1
+    # Stage 2's Q-Former comes from stage 1: only the value path is slowed (the same param paths in stage 2).
+    assert demo.get_config("stage2").optim.lr_scales == ((demo.FRESH_VALUE_PATH, demo.STAGE2_VALUE_LR_SCALE),)

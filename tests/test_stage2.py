@@ -1,6 +1,7 @@
 """Stage 2: the prefix LM loss against a reference, overfitting, the stage-1 hand-over, generation."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
+from xformer_jax.configs import demo
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.data import bpe, pipeline, synthetic
 from xformer_jax import rundir
@@ -148,3 +150,17 @@ def test_stage1_checkpoint_hands_over_and_stage2_trains_and_generates(setup):
     assert 0.0 <= scores["accuracy"] <= 100.0 and set(scores["per_question_type"]) <= {"count", "color", "position",
                                                                                        "exists"}
     assert len(json.load(open(out / "predictions.json"))) == 8
+
+
+def test_demo_stage2_value_path_lr_scale_picks_the_qformer_cross_attention_value_and_output(setup):
+    """configs/demo.py's stage-2 lr_scales name params of the stage-2 model: the value / output of the
+    Q-Former's and the fusion block's cross-attention (none of the LLM's, whose attention is self-attention)."""
+    workdir, tokenizer = setup
+    layout = loop.model_layout(tiny_stage2_config(workdir, tokenizer))
+    paths = traverse_util.flatten_dict(layout.param_shardings, sep="/")
+    pattern, scale = demo.get_config("stage2").optim.lr_scales[0]
+    picked = {p for p in paths if re.search(pattern, p)}
+    assert picked and scale < 1
+    assert all(p.startswith(("qformer/", "dual/")) and re.search(r"/crossattention/(value|output)/", p) for p in picked)
+    assert any(p.startswith("qformer/") for p in picked) and any(p.startswith("dual/") for p in picked)
+    assert any(re.search(r"/crossattention/query/", p) for p in paths)

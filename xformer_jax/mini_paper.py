@@ -16,6 +16,7 @@ VARIANTS = {
 }
 FUSED_ITG = ("xformer_itg_fused",)
 QUESTION_TYPES = ("count", "color", "position", "exists")
+DECIMALS = {"query cosine": 2}  # the table's other metrics are percentages or CIDEr: one decimal
 
 
 def variant_config(base, name: str, seed: int, batch_size: int = 0):
@@ -39,6 +40,8 @@ def run_metrics(scores: dict) -> dict[str, float]:
     if "caption" in scores:
         metrics["CIDEr"] = scores["caption"]["CIDEr"]
         metrics["facts"] = scores["attributes"]["score"]
+    if "query_cosine" in scores:
+        metrics["query cosine"] = scores["query_cosine"]
     return metrics
 
 
@@ -67,6 +70,7 @@ def markdown(summary: dict[str, dict[str, dict]]) -> str:
     columns = list(dict.fromkeys(key for row in summary.values() for key in row))
     lines = ["| variant | seeds | " + " | ".join(columns) + " |", "| --- " * (len(columns) + 2) + "|"]
     for name, row in summary.items():
-        cells = [f"{row[k]['mean']:.1f} ± {row[k]['std']:.1f}" if k in row else "—" for k in columns]
+        cells = [f"{row[k]['mean']:.{DECIMALS.get(k, 1)}f} ± {row[k]['std']:.{DECIMALS.get(k, 1)}f}" if k in row else "—"
+                 for k in columns]
         lines.append(f"| {name} | {next(iter(row.values()))['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
