@@ -76,7 +76,7 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
         config.total_steps = 600
         config.eval_every = 300
         # The Q-Former starts from stage 1, so one lr for all, except the cross-attention's value / output path
-        # again: at 5e-4 it re-collapsed stage 1's distinct queries (cosine 0.62 -> 1.000 in 400 steps; 0.47 at
-        # 0.3x, and 0.46 at the demo's 600 steps where 1x ended at 0.33 after a collapse and slow recovery).
+        # again: at 5e-4 it re-collapsed stage 1's distinct queries in a 400-step stage 2 (prefix cosine 0.62 ->
+        # 1.000; 0.47 at 0.3x). README "Quick start" has the measurements.
         config.optim.update(lr=5e-4, warmup_steps=50, lr_scales=((FRESH_VALUE_PATH, STAGE2_VALUE_LR_SCALE),))
     return config
