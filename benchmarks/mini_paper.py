@@ -2,7 +2,7 @@
 
 Fusion variants blip2, concat, early_xattn, xformer, xformer without the reconstruction loss and xformer
 with ITG reading the fused queries (`model.itg_context="fused"`), each with several seeds: stage 1 and
-stage 2 with the demo's small models (configs/demo.py, shorter), then zero-shot VQA accuracy per question
+stage 2 with the demo's small models and lengths (configs/demo.py), then zero-shot VQA accuracy per question
 type, captioning (CIDEr-D, caption facts) and the mean cosine between two queries of an image in the LLM
 prefix (recipe.prefix_probes) on the test split, against the blind baselines of that split.
 Runs of one seed share the data order, so besides mean ± std over seeds the script prints paired
