@@ -25,7 +25,7 @@ import jax
 
 from xformer_jax import recipe
 from xformer_jax.configs import demo as demo_config
-from xformer_jax.mini_paper import VARIANTS, aggregate, markdown, paired, run_metrics, variant_config
+from xformer_jax.mini_paper import VARIANTS, aggregate, markdown, mean_std, paired, run_metrics, variant_config
 
 SPLIT = "test"  # reported; nothing here is chosen on it
 COMPARISONS = (("xformer", "blip2"), ("xformer", "xformer_norec"), ("xformer_itg_fused", "xformer"))
@@ -78,7 +78,7 @@ def main():
         print(f"\npaired, {name} (mean ± std over seeds; wins = seeds where the first is higher):\n")
         print("| metric | difference | wins |\n| --- | --- | --- |")
         for metric, d in deltas.items():
-            print(f"| {metric} | {d['mean']:+.1f} ± {d['std']:.1f} | {d['wins']} / {d['n']} |")
+            print(f"| {metric} | {mean_std(metric, d, signed=True)} | {d['wins']} / {d['n']} |")
 
 
 if __name__ == "__main__":

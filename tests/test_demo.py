@@ -95,6 +95,8 @@ def test_mini_paper_pairs_runs_by_seed():
     assert deltas["vqa"] == {"mean": 3.0, "std": 1.0, "n": 2, "wins": 2}
     assert deltas["count"] == {"mean": 3.0, "std": 3.0, "n": 2, "wins": 1}
     assert deltas["CIDEr"]["mean"] == -5.0 and deltas["CIDEr"]["wins"] == 0
+    assert mini_paper.mean_std("vqa", deltas["vqa"], signed=True) == "+3.0 ± 1.0"
+    assert mini_paper.mean_std("query cosine", {"mean": -0.125, "std": 0.05}, signed=True) == "-0.12 ± 0.05"
 
 
 def test_mini_paper_variants_change_only_the_fusion_and_the_reconstruction_weight(tmp_path):

@@ -65,12 +65,17 @@ def paired(runs: dict[str, list[dict]], variant: str, baseline: str) -> dict[str
                 "n": len(deltas), "wins": sum(d[k] > 0 for d in deltas)} for k in deltas[0]}
 
 
+def mean_std(metric: str, stats: dict, signed: bool = False) -> str:
+    """"mean ± std" of one metric's {"mean", "std"} at its decimals (DECIMALS; one by default)."""
+    decimals = DECIMALS.get(metric, 1)
+    return f"{stats['mean']:{'+' if signed else ''}.{decimals}f} ± {stats['std']:.{decimals}f}"
+
+
 def markdown(summary: dict[str, dict[str, dict]]) -> str:
     """One row per variant: mean ± std over seeds of every metric (a metric a row lacks shows as —)."""
     columns = list(dict.fromkeys(key for row in summary.values() for key in row))
     lines = ["| variant | seeds | " + " | ".join(columns) + " |", "| --- " * (len(columns) + 2) + "|"]
     for name, row in summary.items():
-        cells = [f"{row[k]['mean']:.{DECIMALS.get(k, 1)}f} ± {row[k]['std']:.{DECIMALS.get(k, 1)}f}" if k in row else "—"
-                 for k in columns]
+        cells = [mean_std(k, row[k]) if k in row else "—" for k in columns]
         lines.append(f"| {name} | {next(iter(row.values()))['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
