@@ -185,6 +185,29 @@ def test_a_tower_with_both_params_file_and_hf_dir_is_refused(tmp_path):
         build.pretrained_parts(config.model, build.stage1_config(config.model))
 
 
+def test_a_bert_qformer_draws_its_fresh_params_from_the_run_seed_and_init(tmp_path):
+    """The BERT Q-Former's fresh params (queries, cross-attention) come from the run's seed, not always
+    from seed 0, and the cross-attention's query / key kernels from N(0, cross_attention_qk_init_std)."""
+    import hf_models
+    config = tiny_config(tmp_path)
+    q = config.model.qformer
+    q.update(vocab_size=100, dec_token_id=99, max_position_embeddings=40, num_hidden_layers=3,
+             cross_attention_qk_init_std=0.08)
+    q.bert_dir = hf_models.save(hf_models.bert(hidden_size=q.hidden_size, num_hidden_layers=q.num_hidden_layers,
+                                               num_attention_heads=q.num_attention_heads,
+                                               intermediate_size=q.intermediate_size), tmp_path / "bert")
+    model_config = build.stage1_config(config.model)
+    first, again, other = (build.pretrained_parts(config.model, model_config, seed)["qformer"] for seed in (0, 0, 1))
+    np.testing.assert_array_equal(first["query_tokens"], again["query_tokens"])
+    assert not np.array_equal(first["query_tokens"], other["query_tokens"])
+    bert_kernel = lambda p: p["qformer"]["layer_1"]["attention"]["query"]["kernel"]  # noqa: E731
+    np.testing.assert_array_equal(bert_kernel(first), bert_kernel(other))
+    xattn = first["qformer"]["layer_0"]["crossattention"]
+    for name in ("query", "key"):  # 32 x 32 draws: the sample std is within 15% of 0.08
+        assert 0.068 < float(np.std(xattn[name]["kernel"])) < 0.092
+    assert float(np.std(xattn["value"]["kernel"])) < 0.025  # BERT's 0.02
+
+
 def test_demo_fresh_lr_scale_picks_the_params_no_checkpoint_initialises(tmp_path):
     """configs/demo.py's FRESH_PARAMS: the Q-Former's queries, cross-attention, ln_vision, ITC / ITM heads and
     the whole fusion block; none of BERT's (embeddings, self-attention, FFNs, LM head), temp or the towers."""

@@ -24,11 +24,11 @@ def zeros_init(axes: Sequence[Optional[str]]):
 
 
 def dense(features: int, axes: Sequence[Optional[str]], name: str, dtype: Dtype = jnp.float32,
-          use_bias: bool = True) -> nn.Dense:
-    """A Dense layer whose kernel is (in, out) with the given logical axes."""
+          use_bias: bool = True, init_std: float = INIT_STD) -> nn.Dense:
+    """A Dense layer whose kernel is (in, out) with the given logical axes, initialised N(0, init_std)."""
     return nn.Dense(
         features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=normal_init(axes), bias_init=zeros_init(axes[-1:]))
+        kernel_init=normal_init(axes, init_std), bias_init=zeros_init(axes[-1:]))
 
 
 def layer_norm(eps: float, name: str) -> nn.LayerNorm:

@@ -78,6 +78,10 @@ class QFormerConfig:
     num_query_tokens: int = 32
     embed_dim: int = 256  # vision_proj / text_proj width
     vision_layer_norm_eps: float = 1e-5  # ln_vision (LAVIS uses torch's default LayerNorm eps)
+    # The fresh cross-attention's query / key kernels start N(0, this); BERT's initializer_range (0.02)
+    # unless set. Its initial attention scores have a standard deviation of about
+    # std^2 * sqrt(hidden_size * encoder_width): 0.4 at BLIP-2's widths, 0.1 at the demo's.
+    cross_attention_qk_init_std: float = 0.02
     # BERT's dropout (LAVIS trains the Q-Former with bert-base's 0.1 in both stages): on the embeddings,
     # every attention / FFN output before its residual LayerNorm, and the attention probabilities.
     # Active only when apply gets a "dropout" rng (the train step); 0 here, set from config / checkpoint.
@@ -192,13 +196,16 @@ class QFormerAttention(nn.Module):
     dtype: Any = jnp.float32
     probs_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    qk_init_std: float = layers.INIT_STD
 
     @nn.compact
     def __call__(self, x, bias=None, memory=None, past_kv=None, memory_index=None, rows: Optional[int] = None):
         width = x.shape[-1]
         source = x if memory is None else memory.astype(self.dtype)
         proj = lambda name, y: layers.split_heads(  # noqa: E731
-            layers.dense(width, ("embed", "joined_kv"), name, self.dtype)(y), self.num_heads)
+            layers.dense(width, ("embed", "joined_kv"), name, self.dtype,
+                         init_std=self.qk_init_std if name in ("query", "key") else layers.INIT_STD)(y),
+            self.num_heads)
         if rows is not None:
             x = x[:, :rows]
             if bias is not None and bias.shape[2] > 1:
@@ -262,8 +269,9 @@ class QFormerLayer(nn.Module):
 
     def _attention(self, name: str) -> QFormerAttention:
         c = self.config
+        qk_init_std = c.cross_attention_qk_init_std if name == "crossattention" else layers.INIT_STD
         return QFormerAttention(c.num_attention_heads, c.layer_norm_eps, c.dtype, c.attention_probs_dropout_prob,
-                                c.hidden_dropout_prob, name=name)
+                                c.hidden_dropout_prob, qk_init_std, name=name)
 
     def _ffn(self, x, suffix: str):
         c = self.config

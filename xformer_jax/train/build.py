@@ -169,8 +169,9 @@ def init_fn(model: xformer.Stage1Model, config: xformer.Stage1Config):
     return init
 
 
-def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage1Config) -> dict:
-    """{top-level param name: numpy params} for every component configured with weights on disk."""
+def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage1Config, seed: int = 0) -> dict:
+    """{top-level param name: numpy params} for every component configured with weights on disk. A BERT
+    Q-Former's fresh params (queries, cross-attention, heads) are drawn from `seed` (the run's)."""
     parts = {}
     for name in ("vision", "mae", "llm"):
         if name in model_cfg and model_cfg[name].get("params_file") and model_cfg[name].get("hf_dir"):
@@ -197,9 +198,9 @@ def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage
     bert_dir = checkpoint_dir(model_cfg.qformer, "bert_dir")
     if bert_dir:
         q = config.qformer
-        module, params, report = load_hf(bert_dir, num_query_tokens=q.num_query_tokens,
+        module, params, report = load_hf(bert_dir, seed=seed, num_query_tokens=q.num_query_tokens,
                                          encoder_width=q.encoder_width, cross_attention_freq=q.cross_attention_freq,
-                                         embed_dim=q.embed_dim)
+                                         embed_dim=q.embed_dim, cross_attention_qk_init_std=q.cross_attention_qk_init_std)
         _check_config(module.config, q, "config.model.qformer", bert_dir)
         logging.info("Q-Former from %s: %s", bert_dir, report)
         parts["qformer"] = params

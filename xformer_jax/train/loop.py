@@ -135,7 +135,7 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     rng = jax.random.key(config.seed)
     pretrained = {}
     if load_pretrained:
-        pretrained.update(build.pretrained_parts(config.model, layout.model_config))
+        pretrained.update(build.pretrained_parts(config.model, layout.model_config, config.seed))
         if config.get("init_from"):  # the stage-1 run's towers and Q-Former win over config.model's sources
             try:
                 pretrained.update(rundir.restore_params(config.init_from)[0])
