@@ -62,7 +62,8 @@ def main():
             result = recipe.run(variant_config(stage1, name, seed, args.batch_size), stage2, parts, run_dir, budget,
                                 timer, splits=(SPLIT,))
             # Collapsed queries (cosine near 1) leave the LLM one token read Q times: say so for every run.
-            probes = recipe.prefix_probes(os.path.join(run_dir, "stage2"), parts.paths)
+            probes = recipe.prefix_probes(os.path.join(run_dir, "stage2"), parts.paths,
+                                          os.path.join(run_dir, "eval", "prefix_probes"))
             scores = {**result.scores[SPLIT], "query_cosine": probes["query_cosine"], "prefix_probes": probes["prefix"]}
             runs.setdefault(name, []).append(scores)
             print(f"{name} seed {seed}: {json.dumps(run_metrics(scores))}", file=sys.stderr, flush=True)

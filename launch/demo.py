@@ -196,7 +196,8 @@ def run_demo(stage1, stage2, workdir: str, budget: recipe.Budget) -> None:
         tower_probes = recipe.tower_probes(stage1, parts.paths, parts.towers)
     result = recipe.run(stage1, stage2, parts, workdir, budget, timer)
     with timer("prefix probes"):
-        prefix_probes = recipe.prefix_probes(result.stage2_dir, parts.paths)
+        prefix_probes = recipe.prefix_probes(result.stage2_dir, parts.paths,
+                                             os.path.join(result.eval_dir, "prefix_probes"))
 
     with timer("retrieval, baselines and pictures"):
         config = result.stage1_config

@@ -219,3 +219,22 @@ def test_prefix_probes_read_the_llm_prefix_of_every_image(runs, monkeypatch, cap
     with pytest.raises(SystemExit, match="no synthetic dataset"):
         monkeypatch.setattr("sys.argv", ["prefix_probes.py", f"--run={runs['stage2']}", f"--data={runs['out']}"])
         prefix_probes.main()
+
+
+def test_prefix_probes_are_kept_and_reused_while_the_run_is_unchanged(runs, tmp_path, monkeypatch):
+    """recipe.prefix_probes with out_dir writes prefix_probes.json and a rerun reads it instead of probing
+    again; another run's config in the spec makes it probe afresh."""
+    out = str(tmp_path / "prefix_probes")
+    first = recipe.prefix_probes(runs["stage2"], runs["paths"], out)
+    assert json.loads(open(os.path.join(out, "prefix_probes.json")).read()) == first
+
+    def no_probing(*args, **kwargs):
+        raise AssertionError("probed again")
+    monkeypatch.setattr(recipe, "_probe_features", no_probing)
+    assert recipe.prefix_probes(runs["stage2"], runs["paths"], out) == first
+    spec_path = os.path.join(out, recipe.SPEC)
+    spec = json.loads(open(spec_path).read())
+    spec["run"]["total_steps"] = -1
+    open(spec_path, "w").write(json.dumps(spec))
+    with pytest.raises(AssertionError, match="probed again"):
+        recipe.prefix_probes(runs["stage2"], runs["paths"], out)

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import ml_collections
@@ -133,11 +133,15 @@ def tower_probes(config: ml_collections.ConfigDict, paths: dict, towers: dict, b
     return _probe_features(paths, pipeline.image_transform(config.data, train=False), features, batch_size)[0]
 
 
-def prefix_probes(stage2_dir: str, paths: dict, batch_size: int = 64) -> dict:
+def prefix_probes(stage2_dir: str, paths: dict, out_dir: Optional[str] = None, batch_size: int = 64) -> dict:
     """{"prefix": {task: {"probe", "majority"}}, "query_cosine": float}: the towers' linear probes applied to
     what a stage-2 run's LLM reads, its query prefix after `llm_proj` (Q x LLM width per image, flattened):
     which of what the towers see the queries pass on to the LLM; and the mean cosine similarity between
-    two queries of one held-out image (1.0: every query says the same, the LLM reads one token Q times)."""
+    two queries of one held-out image (1.0: every query says the same, the LLM reads one token Q times).
+    With out_dir, written there as prefix_probes.json and reused while the run is unchanged."""
+    spec = {"run": _as_json(rundir.read_config(stage2_dir)), "batch_size": batch_size}
+    if out_dir and _reusable(out_dir, spec, ["prefix_probes.json"]):
+        return load_json(os.path.join(out_dir, "prefix_probes.json"))
     captioner = Captioner.from_workdir(stage2_dir, num_beams=1)
     model = captioner.model
     prefix = jax.jit(lambda px, mae_px: model.apply({"params": captioner.params}, px, mae_px, method=model.prefix)[0])
@@ -148,7 +152,12 @@ def prefix_probes(stage2_dir: str, paths: dict, batch_size: int = 64) -> dict:
     unit = queries / np.linalg.norm(queries, axis=-1, keepdims=True)
     cosines = np.einsum("bqd,bkd->bqk", unit, unit)
     num = queries.shape[1]
-    return {**results, "query_cosine": float(np.mean((cosines.sum((1, 2)) - num) / (num * num - num)))}
+    result = {**results, "query_cosine": float(np.mean((cosines.sum((1, 2)) - num) / (num * num - num)))}
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        _write_json(os.path.join(out_dir, "prefix_probes.json"), result)
+        _write_spec(out_dir, spec)
+    return result
 
 
 def _probe_features(paths: dict, transform, features: dict[str, Callable], batch_size: int) -> tuple[dict, dict]:
