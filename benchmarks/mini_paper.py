@@ -16,6 +16,7 @@ xformer_jax/mini_paper.py's). Prints one JSON object, then markdown tables.
       --seeds=0,1,2 --stage1_steps=200 --stage2_steps=600 --batch_size=16]  (steps: the demo's by default)
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -59,8 +60,9 @@ def main():
         for seed in (int(s) for s in args.seeds.split(",")):
             print(f"{name} seed {seed}", file=sys.stderr, flush=True)
             run_dir = os.path.join(workdir, "runs", f"{name}_seed{seed}")
-            result = recipe.run(variant_config(stage1, name, seed, args.batch_size), stage2, parts, run_dir, budget,
-                                timer, splits=(SPLIT,))
+            with contextlib.redirect_stdout(sys.stderr):  # training progress lines: stdout keeps the JSON
+                result = recipe.run(variant_config(stage1, name, seed, args.batch_size), stage2, parts, run_dir,
+                                    budget, timer, splits=(SPLIT,))
             # Collapsed queries (cosine near 1) leave the LLM one token read Q times: say so for every run.
             probes = recipe.prefix_probes(os.path.join(run_dir, "stage2"), parts.paths,
                                           os.path.join(run_dir, "eval", "prefix_probes"))
