@@ -52,6 +52,27 @@ def test_demo_runs_both_stages_and_writes_its_table_pictures_and_predictions(tmp
     assert timer.seconds["tower pretraining"] < 1 and timer.seconds["LLM pretraining"] < 1
 
 
+def test_pretrained_towers_of_another_seed_leave_the_first_seeds_reusable(tmp_path, monkeypatch):
+    """Each tower spec keeps its own spec file: towers pretrained at seed 1 in the same directory do not
+    make seed 0's pretrain again (they used to share one spec.json, the last writer's)."""
+    config = tiny_config(tmp_path)
+    recipe.dataset(config)
+    directory = str(tmp_path / "towers")
+    first = recipe.pretrained_towers(config, directory, steps=2, batch_size=8)
+    config.seed = 1
+    other = recipe.pretrained_towers(config, directory, steps=2, batch_size=8)
+    assert set(first.values()).isdisjoint(other.values())
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("pretrained again")
+    monkeypatch.setattr(recipe.pretrain, "pretrain_mae", no_pretraining)
+    for seed, paths in ((0, first), (1, other)):
+        config.seed = seed
+        assert recipe.pretrained_towers(config, directory, steps=2, batch_size=8) == paths
+    with pytest.raises(AssertionError, match="pretrained again"):  # another spec still pretrains
+        recipe.pretrained_towers(config, directory, steps=4, batch_size=8)
+
+
 def test_shuffled_images_asks_every_question_of_another_image_keeping_each_images_questions_together():
     questions = [{"question_id": 10 * i + k, "image": f"im{i}.png"} for i in range(5) for k in range(3)]
     shuffled = recipe.shuffled_images(questions)

@@ -66,9 +66,9 @@ def dataset(config: ml_collections.ConfigDict) -> dict:
     return synthetic.write_dataset(config.data.path, **config.data.synthetic.to_dict())
 
 
-def _reusable(directory: str, spec: dict, outputs: Sequence[str]) -> bool:
+def _reusable(directory: str, spec: dict, outputs: Sequence[str], spec_name: str = SPEC) -> bool:
     try:
-        with open(os.path.join(directory, SPEC)) as f:
+        with open(os.path.join(directory, spec_name)) as f:
             same = json.load(f) == json.loads(json.dumps(spec))
     except (OSError, ValueError):
         return False
@@ -80,11 +80,21 @@ def _digest(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _write_spec(directory: str, spec: dict) -> None:
-    tmp = os.path.join(directory, SPEC + ".tmp")
+def _write_spec(directory: str, spec: dict, spec_name: str = SPEC) -> None:
+    tmp = os.path.join(directory, spec_name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(spec, f, indent=2)
-    os.replace(tmp, os.path.join(directory, SPEC))
+    os.replace(tmp, os.path.join(directory, spec_name))
+
+
+def _keyed_outputs(directory: str, spec: dict, extensions: dict[str, str]) -> tuple[dict[str, str], str, bool]:
+    """Output paths named after the spec's digest, the name of that spec's own spec file (written last, so
+    its presence means the outputs are complete) and whether they can be reused. One spec file per digest:
+    parts pretrained under other settings (another seed) stay reusable beside these."""
+    digest = _digest(spec)
+    paths = {name: os.path.join(directory, f"{name}-{digest}.{ext}") for name, ext in extensions.items()}
+    spec_name = f"spec-{digest}.json"
+    return paths, spec_name, _reusable(directory, spec, list(map(os.path.basename, paths.values())), spec_name)
 
 
 def pretrained_towers(config: ml_collections.ConfigDict, directory: str, steps: int, batch_size: int,
@@ -94,8 +104,8 @@ def pretrained_towers(config: ml_collections.ConfigDict, directory: str, steps: 
             "data": config.data.synthetic.to_dict(), "crop": data_config.crop_scale(config.data),
             "flip": data_config.flip_enabled(config.data), "steps": steps, "batch_size": batch_size,
             "seed": config.seed}
-    paths = {name: os.path.join(directory, f"{name}-{_digest(spec)}.msgpack") for name in ("vision", "mae")}
-    if _reusable(directory, spec, list(map(os.path.basename, paths.values()))):
+    paths, spec_name, reusable = _keyed_outputs(directory, spec, {"vision": "msgpack", "mae": "msgpack"})
+    if reusable:
         return paths
     os.makedirs(directory, exist_ok=True)
     model_config = build.stage1_config(_with_fusion(config.model, "xformer"))
@@ -107,7 +117,7 @@ def pretrained_towers(config: ml_collections.ConfigDict, directory: str, steps: 
                                                     steps)
     build.save_params(paths["mae"], mae_params)
     build.save_params(paths["vision"], clip_params)
-    _write_spec(directory, spec)
+    _write_spec(directory, spec, spec_name)
     log(f"  towers: MAE loss {mae_loss[0]:.3f} -> {np.mean(mae_loss[-10:]):.3f}, "
         f"CLIP contrastive {clip_loss[0]:.3f} -> {np.mean(clip_loss[-10:]):.3f}")
     return paths
@@ -272,9 +282,8 @@ def pretrained_llm(config: ml_collections.ConfigDict, paths: dict, directory: st
             "batch_size": budget.llm_batch_size, "lr": budget.llm_lr, "seed": config.seed, "loss": "targets",
             "caption_prompt": CAPTION_PROMPT, "description": "synthetic.describe", "batches": "shared contexts",
             "question_rounds": budget.llm_question_rounds}
-    out = {name: os.path.join(directory, f"{name}-{_digest(spec)}.{ext}")
-           for name, ext in (("tokenizer", "json"), ("llm", "msgpack"))}
-    if _reusable(directory, spec, list(map(os.path.basename, out.values()))):
+    out, spec_name, reusable = _keyed_outputs(directory, spec, {"tokenizer": "json", "llm": "msgpack"})
+    if reusable:
         return out
     os.makedirs(directory, exist_ok=True)
     pairs = llm_texts(paths, config.seed, budget.llm_question_rounds)
@@ -296,7 +305,7 @@ def pretrained_llm(config: ml_collections.ConfigDict, paths: dict, directory: st
     llm = stage2.llm_module(build.stage2_config(config.model).llm)
     params, history = pretrain.pretrain_llm(llm, batches(), budget.llm_steps, lr=budget.llm_lr, seed=config.seed)
     build.save_params(out["llm"], params)
-    _write_spec(directory, spec)
+    _write_spec(directory, spec, spec_name)
     log(f"  llm: {len(pairs)} texts, LM loss {history[0]:.3f} -> {np.mean(history[-10:]):.3f}")
     return out
 
