@@ -42,6 +42,7 @@ def test_scene_targets_name_cells_counts_and_colours():
     assert targets["shape"].tolist() == [1, 1, 0]
     assert targets["count"].tolist() == [3, 1, 0, 0]
     assert targets["position"].tolist() == [1 + colours.index("red"), 1 + colours.index("blue"), 0, 0]
+    assert targets["count_of_colour"].tolist() == [{"red": 3, "blue": 1}.get(c, probes.NOT_ASKED) for c in colours]
 
 
 def test_cell_features_average_each_quadrant_and_the_whole_grid():
@@ -59,10 +60,18 @@ def test_ridge_probe_reads_a_linear_signal_and_not_noise():
     assert accuracy > 95 and majority < 50
     accuracy, _ = probes.ridge_probe(noise[:300], labels[:300], noise[300:], labels[300:])
     assert accuracy < 50
-    counts = rng.integers(0, 5, size=(400, 1))
-    accuracy, _ = probes.ridge_probe(counts + 0.05 * rng.normal(size=(400, 1)), counts, counts + 0.0, counts,
-                                     ordinal=True)
-    assert accuracy == 100.0
+
+
+def test_ridge_probe_neither_fits_nor_scores_rows_not_asked():
+    """Half the rows are not asked: fitted as a class of their own or scored as wrong, they would halve
+    the accuracy of a probe that reads the asked rows perfectly."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(400, 1))
+    signal = np.eye(3)[labels[:, 0]] + 0.1 * rng.normal(size=(400, 3))
+    asked = labels.copy()
+    asked[::2] = probes.NOT_ASKED
+    accuracy, majority = probes.ridge_probe(signal[:300], asked[:300], signal[300:], asked[300:])
+    assert accuracy > 95 and majority < 50
 
 
 def test_describe_names_every_group_with_its_cell_and_every_clear_relation():

@@ -149,7 +149,7 @@ def prefix_probes(stage2_dir: str, paths: dict, out_dir: Optional[str] = None, b
     which of what the towers see the queries pass on to the LLM; and the mean cosine similarity between
     two queries of one held-out image (1.0: every query says the same, the LLM reads one token Q times).
     With out_dir, written there as prefix_probes.json and reused while the run is unchanged."""
-    spec = {"run": _as_json(rundir.read_config(stage2_dir)), "batch_size": batch_size}
+    spec = {"run": _as_json(rundir.read_config(stage2_dir)), "batch_size": batch_size, "tasks": list(probes.TASKS)}
     if out_dir and _reusable(out_dir, spec, ["prefix_probes.json"]):
         return load_json(os.path.join(out_dir, "prefix_probes.json"))
     captioner = Captioner.from_workdir(stage2_dir, num_beams=1)

@@ -9,9 +9,11 @@ all patches: what any attention over the tokens can at least read.
 Targets per image, from the scene that drew it (`synthetic.Scene`):
   colour    which colours are present (6 binary tasks)
   shape     which shapes are present (3 binary tasks)
-  count     how many objects each cell holds (0..6, one task per cell; an ordinal target, so its probe
-            regresses the number and rounds it)
+  count     how many objects each cell holds (0..6, one task per cell)
   position  the colour of each cell's objects (empty or one of 6, one task per cell)
+  count_of_colour  how many objects of each colour the image holds, asked only of the colours present (one
+            task per colour; NOT_ASKED elsewhere): what "How many red circles?" needs, where `count`'s empty
+            cells make up most of its labels
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import numpy as np
 from xformer_jax.data import synthetic
 
 GRID = 2  # the scenes' layout: one group per cell of a 2x2 grid
-TASKS = ("colour", "shape", "count", "position")
+TASKS = ("colour", "shape", "count", "position", "count_of_colour")
+NOT_ASKED = -1  # a label that is neither fitted nor scored
 
 
 def scene_targets(scene: synthetic.Scene) -> dict[str, np.ndarray]:
@@ -34,9 +37,11 @@ def scene_targets(scene: synthetic.Scene) -> dict[str, np.ndarray]:
         cell = int(y * GRID) * GRID + int(x * GRID)
         counts[cell] = group.count
         cell_colour[cell] = 1 + colours.index(group.color)
+    count_of_colour = [sum(g.count for g in scene.groups if g.color == c) if c in present_colours else NOT_ASKED
+                       for c in colours]
     return {"colour": np.array([c in present_colours for c in colours], np.int64),
             "shape": np.array([s in present_shapes for s in shapes], np.int64),
-            "count": counts, "position": cell_colour}
+            "count": counts, "position": cell_colour, "count_of_colour": np.array(count_of_colour, np.int64)}
 
 
 def cell_features(patch_tokens: np.ndarray) -> np.ndarray:
@@ -57,28 +62,26 @@ def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                l2: float = 10.0, ordinal: bool = False) -> tuple[float, float]:
-    """(probe accuracy, majority accuracy) in percent over every sub-task column of y (integer labels).
-    One ridge regression per column onto its one-hot classes, the prediction being the argmax; or, for
-    an ordinal target, onto the label itself, the prediction being the rounded value."""
+                l2: float = 10.0) -> tuple[float, float]:
+    """(probe accuracy, majority accuracy) in percent over every asked (row, sub-task column) of y (integer
+    labels; NOT_ASKED rows of a column are neither fitted nor scored). One ridge regression per column onto
+    its one-hot classes, the prediction being the argmax."""
     train_x, test_x = _standardise(train_x.astype(np.float64), test_x.astype(np.float64))
     train_x = np.concatenate([train_x, np.ones((len(train_x), 1))], axis=1)
     test_x = np.concatenate([test_x, np.ones((len(test_x), 1))], axis=1)
-    gram = train_x.T @ train_x + l2 * np.eye(train_x.shape[1])
+    regulariser = l2 * np.eye(train_x.shape[1])
+    every_row_gram = train_x.T @ train_x + regulariser
     right, majority = [], []
     for column in range(train_y.shape[1]):
-        classes = np.unique(train_y[:, column])
-        onehot = (train_y[:, column, None] == classes[None]).astype(np.float64)
-        if ordinal:
-            weights = np.linalg.solve(gram, train_x.T @ train_y[:, column].astype(np.float64))
-            predicted = np.clip(np.rint(test_x @ weights), classes.min(), classes.max())
-        else:
-            weights = np.linalg.solve(gram, train_x.T @ onehot)
-            predicted = classes[np.argmax(test_x @ weights, axis=1)]
-        right.append(predicted == test_y[:, column])
-        most = classes[np.argmax(onehot.sum(0))]
-        majority.append(test_y[:, column] == most)
-    return 100 * float(np.mean(right)), 100 * float(np.mean(majority))
+        fit_rows, score_rows = train_y[:, column] != NOT_ASKED, test_y[:, column] != NOT_ASKED
+        x, labels, truth = train_x[fit_rows], train_y[fit_rows, column], test_y[score_rows, column]
+        gram = every_row_gram if fit_rows.all() else x.T @ x + regulariser
+        classes = np.unique(labels)
+        onehot = (labels[:, None] == classes[None]).astype(np.float64)
+        weights = np.linalg.solve(gram, x.T @ onehot)
+        right.append(classes[np.argmax(test_x[score_rows] @ weights, axis=1)] == truth)
+        majority.append(truth == classes[np.argmax(onehot.sum(0))])
+    return 100 * float(np.mean(np.concatenate(right))), 100 * float(np.mean(np.concatenate(majority)))
 
 
 def probe_all(train_features: np.ndarray, train_scenes, test_features: np.ndarray, test_scenes) -> dict:
