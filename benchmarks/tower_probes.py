@@ -2,8 +2,9 @@
 
 Pretrains (or reuses) the demo's CLIP-style and MAE towers on the synthetic training images
 (`recipe.pretrained_towers`, the demo's budget unless overridden), fits ridge probes for colour,
-shape, count per cell and colour per cell (position) on the training images and scores them on the
-validation and test images, next to the majority baseline and raw pixels. Prints one JSON object.
+shape, count per cell, colour per cell (position) and the count of each present colour on the training
+images and scores them on the validation and test images, next to the majority baseline and raw pixels.
+Prints one JSON object.
 
   python benchmarks/tower_probes.py --workdir=/tmp/probes [--tower_steps=300 --tower_batch_size=32]
 """
