@@ -3,7 +3,8 @@
 `benchmarks/tower_probes.py` says what the frozen towers see (colour, shape, count per cell, colour per
 cell, count of each present colour); this fits the same ridge probes (`xformer_jax.eval.probes`) on the
 queries after `llm_proj` of a trained stage-2 run (`recipe.prefix_probes`), on the synthetic training
-images, and scores them on the validation and test images. A task the towers read well and the prefix does not is lost in the Q-Former.
+images, and scores them on the validation and test images. A task the towers read well and the prefix
+does not is lost in the Q-Former.
 Prints one JSON object.
 
   python benchmarks/prefix_probes.py --run=workdir/demo/stage2 --data=workdir/demo/data
