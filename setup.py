@@ -26,11 +26,16 @@ setup(
         "matplotlib>=3.10",  # the demo's pictures (imported by xformer_jax.plots only)
     ],
     extras_require={
-        # torch first (the Makefile installs the CPU wheel before this extra).
-        "test": ["pytest>=9.0", "pytest-xdist>=3.8", "torch==2.13.0", "transformers==5.24.0"],
+        # torch first (the Makefile installs the CPU wheel before this extra); a real GCS-compatible server
+        # for the object-storage tests.
+        "test": ["pytest>=9.0", "pytest-xdist>=3.8", "torch==2.13.0", "transformers==5.24.0",
+                 "gcp-storage-emulator>=2026.7.19", "portpicker>=1.6"],
         "torch": ["torch>=2.13.0", "transformers>=5.24.0"],
+        # gs:// paths (run directories, data, checkpoints) through etils.epath / fsspec.
+        "gcs": ["gcsfs>=2026.9.0"],
         "tpu": ["jax[tpu]>=0.10.2"],
-        "gpu": ["jax[cuda12]>=0.10.2"],
+        "gpu": ["jax[cuda12]>=0.10.2"],  # NVIDIA GPUs, CUDA 12 wheels (any driver >= 525)
+        "gpu-cuda13": ["jax[cuda13]>=0.10.2"],  # NVIDIA GPUs, CUDA 13 wheels (driver >= 580)
         # launch/plan.py --target=tpu-*/gpu: the TPU and GPU compilers, run on a CPU host with no chip
         # attached (libtpu and the CUDA PJRT plugin; no CUDA runtime wheels).
         "plan": ["jax[tpu]>=0.10.2", "jax-cuda12-plugin>=0.10.2", "jax-cuda12-pjrt>=0.10.2"],

@@ -12,15 +12,16 @@ OPTForCausalLM / LlamaForCausalLM) becomes OUT/<part>.msgpack; the config keys t
 params_file and the architecture fields it must match) are printed. BERT directories need no
 conversion: set config.model.qformer.bert_dir (printed too).
 """
-import argparse
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion computes nothing worth an accelerator
 
+from xformer_jax import script_args  # noqa: E402
+
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_args.ArgumentParser(description=__doc__)
     parser.add_argument("--hf", required=True, help="a transformers save_pretrained directory")
     parser.add_argument("--out", required=True,
                         help="the workdir (whole BLIP-2 models) or folder (components) to write")

@@ -18,7 +18,6 @@
    marked right or wrong).
 Every phase is reused when its output is already there (`xformer_jax.recipe`).
 """
-import argparse
 import copy
 import json
 import logging
@@ -29,7 +28,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from xformer_jax import plots, recipe
+from xformer_jax import plots, recipe, script_args
 from xformer_jax.configs import demo as demo_config
 from xformer_jax.data import pipeline, synthetic
 from xformer_jax.eval import attributes, probes
@@ -230,7 +229,7 @@ def run_demo(stage1, stage2, workdir: str, budget: recipe.Budget) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_args.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="workdir/demo")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.WARNING)

@@ -40,15 +40,19 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from xformer_jax import script_args, storage  # noqa: E402
+
 QUESTION_MODES = ("vqa", "gqa", "count")
 _TOP_RANKED = 10  # candidates per query written to rankings.json
 
 
 def _load(path: str, flag: str):
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise SystemExit(f"{flag}: {path} not found")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        return storage.read_json(path)
+    except ValueError as e:
+        raise SystemExit(f"{flag}: {path} is not valid JSON ({e})") from None
 
 
 def _require(entries, keys: tuple, path: str) -> None:
@@ -62,11 +66,11 @@ def _require(entries, keys: tuple, path: str) -> None:
 
 
 def _write_json(out: str, name: str, data, indent=None) -> str:
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, name)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=indent)
-    return path
+    return storage.write_json(storage.join(out, name), data, indent=indent)
+
+
+def _image(args, name: str) -> str:
+    return storage.join(args.image_root, name)
 
 
 def _write_scores(out: str, scores: dict) -> None:
@@ -101,7 +105,7 @@ def run_vqa(args) -> None:
     entries = _load(args.questions, "--questions")
     _require(entries, ("question_id", "question", "image"), args.questions)
     entries = entries[: args.limit or None]
-    answers = _answers(args, [e["question"] for e in entries], [os.path.join(args.image_root, e["image"])
+    answers = _answers(args, [e["question"] for e in entries], [_image(args, e["image"])
                                                                  for e in entries])
     predictions = [{"question_id": e["question_id"], "answer": a} for e, a in zip(entries, answers)]
     path = _write_json(args.out, "predictions.json", predictions)
@@ -124,7 +128,7 @@ def run_gqa(args) -> None:
             raise SystemExit(f"{args.questions}: question {question_id!r} has no {missing[0]!r}")
     ids = list(questions)[: args.limit or None]
     answers = _answers(args, [questions[i]["question"] for i in ids],
-                       [os.path.join(args.image_root, args.image_pattern.format(questions[i]["imageId"]))
+                       [_image(args, args.image_pattern.format(questions[i]["imageId"]))
                         for i in ids])
     path = _write_json(args.out, "predictions.json",
                        [{"questionId": i, "prediction": a} for i, a in zip(ids, answers)])
@@ -136,7 +140,7 @@ def run_count(args) -> None:
     entries = _load(args.questions, "--questions")
     _require(entries, ("question_id", "question", "image", "count"), args.questions)
     entries = entries[: args.limit or None]
-    answers = _answers(args, [e["question"] for e in entries], [os.path.join(args.image_root, e["image"])
+    answers = _answers(args, [e["question"] for e in entries], [_image(args, e["image"])
                                                                  for e in entries])
     path = _write_json(args.out, "predictions.json",
                        [{"question_id": e["question_id"], "answer": a} for e, a in zip(entries, answers)])
@@ -168,8 +172,8 @@ def run_retrieval(args) -> None:
                              "num_images": len(entries), "num_texts": len(rankings.texts)})
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> script_args.ArgumentParser:
+    parser = script_args.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     score_cmd = commands.add_parser("score", help="score an existing predictions file")
     score_cmd.add_argument("--task", required=True)
@@ -213,6 +217,9 @@ RUNS = {"vqa": run_vqa, "gqa": run_gqa, "count": run_count, "caption": run_capti
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
+        if args.command != "score":  # the run first: nothing is read or built for a run that is not there
+            from xformer_jax import rundir
+            rundir.check_run(args.workdir, "--workdir", None if args.command == "retrieval" else "stage2")
         if args.command == "score":
             from xformer_jax.eval.score import score
             print(json.dumps(score(args.task, args.predictions, args.annotations, args.questions)))

@@ -10,15 +10,16 @@ same names plus the fusion and MAE weights) for xformer_jax.torch:
   model = from_pretrained(OUT)           # model.generate(pixel_values, input_ids, mae_pixel_values=...)
 "auto" (default) picks hf whenever the model can be written that way. Prints what it wrote.
 """
-import argparse
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # reading a checkpoint needs no accelerator
 
+from xformer_jax import script_args  # noqa: E402
+
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_args.ArgumentParser(description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="one checkpoint: WORKDIR/checkpoints/STEP (or a checkpoints/ folder)")
     source.add_argument("--workdir", help="a run directory: its newest checkpoint is exported")
@@ -29,8 +30,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from xformer_jax.convert import CheckpointMismatch
-    from xformer_jax import hf_export
+    from xformer_jax import hf_export, rundir
     try:
+        rundir.check_run(args.checkpoint or args.workdir, "--checkpoint" if args.checkpoint else "--workdir")
         report = hf_export.export(args.checkpoint or args.workdir, args.out, export_format=args.format, dtype=args.dtype,
                                max_shard_size=args.max_shard_size)
     except (ValueError, FileNotFoundError, CheckpointMismatch) as e:

@@ -11,8 +11,12 @@ per host driving GPUs 0..gpus_per_host-1 (N = hosts); --process_per=gpu runs one
 (N = hosts * gpus_per_host); CUDA_VISIBLE_DEVICES is set accordingly.
   ssh:  one `ssh HOST 'cd DIR && ...'` per host, started together; if one fails the others' ssh are ended.
   srun: one `srun --nodes=H --ntasks-per-node=P` line; each task takes its id from $SLURM_PROCID.
-The code and the virtual environment must already be at --repo_dir on every host (a shared
-filesystem, or `make venv` / `pip install -e '.[gpu]'` there); weights and data likewise.
+The code must already be at --repo_dir on every host (a shared filesystem, or a clone on each), and
+weights and data where every host reads them (a bucket: gs:// paths work everywhere, or a shared disk).
+--setup=pip first runs README's GPU install there (`xformer_jax.script_args.install_lines`: a venv,
+`pip install -c constraints.txt -e '.[gpu,gcs]'`, or '.[gpu-cuda13,gcs]' with --cuda=13, and the
+Q-Former vocab package), one host after another (a shared venv is written once at a time);
+--setup=none (default) expects the venv to be there.
 """
 import argparse
 import os
@@ -22,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from xformer_jax import remote_args
+from xformer_jax import script_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +55,7 @@ def expand_nodelist(nodelist: str) -> list[str]:
 
 
 def parse(argv, environ):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_args.ArgumentParser(description=__doc__)
     parser.add_argument("--hosts", default="", help="comma-separated host names; the first is the coordinator "
                         "(default: SLURM_JOB_NODELIST)")
     parser.add_argument("--gpus_per_host", type=int, default=8)
@@ -61,9 +65,15 @@ def parse(argv, environ):
                         help="default: srun inside a SLURM job, else ssh")
     parser.add_argument("--repo_dir", default=REPO, help="checkout directory on every host")
     parser.add_argument("--python", default=".venv/bin/python", help="interpreter on the hosts")
-    remote_args.add_command_flags(parser, "after --: launch/train.py --config=... --workdir=...")
+    parser.add_argument("--setup", choices=("none", "pip"), default="none",
+                        help="pip: install into REPO_DIR/.venv on every host first (README's GPU install)")
+    parser.add_argument("--cuda", choices=("12", "13"), default="12", help="with --setup=pip: the CUDA major "
+                        "version of the jax wheels (13 needs an NVIDIA driver >= 580)")
+    parser.add_argument("--base_python", default="python3", help="with --setup=pip: the Python (>= 3.11) "
+                        "that makes the venv")
+    script_args.add_command_flags(parser, "after --: launch/train.py --config=... --workdir=...")
     args = parser.parse_args(argv)
-    remote_args.check_command_flags(parser, args)
+    script_args.check_command_flags(parser, args)
     if args.hosts:
         args.hosts = [h for h in args.hosts.split(",") if h]
     elif environ.get("SLURM_JOB_NODELIST"):
@@ -123,13 +133,30 @@ def srun_command(args) -> list[str]:
             "bash", "-c", inner]
 
 
+def setup_commands(args) -> list[list[str]]:
+    """--setup=pip: README's GPU install in --repo_dir, on one host after another."""
+    if args.setup == "none":
+        return []
+    install = " && ".join([f"cd {shlex.quote(args.repo_dir)}",
+                           *script_args.install_lines("gpu" if args.cuda == "12" else "gpu-cuda13", args.base_python)])
+    if args.launcher == "srun":
+        return [["srun", "--nodes=1", "--ntasks=1", f"--nodelist={host}", "bash", "-c", install] for host in args.hosts]
+    return [["ssh", host, install] for host in args.hosts]
+
+
 def main(argv=None, environ=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv, os.environ if environ is None else environ)
+    setup = setup_commands(args)
     cmds = [srun_command(args)] if args.launcher == "srun" else ssh_commands(args)
-    for cmd in cmds:
+    for cmd in setup + cmds:
         print(shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
+    for cmd in setup:
+        rc = subprocess.run(cmd).returncode
+        if rc:
+            print(f"gpu_cluster: setup failed with exit status {rc}: {shlex.join(cmd)}", file=sys.stderr)
+            return rc
     procs = [subprocess.Popen(cmd) for cmd in cmds]
     while any(p.poll() is None for p in procs):
         if any(p.returncode for p in procs):  # one host failed: the others would wait on it forever

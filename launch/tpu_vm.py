@@ -7,14 +7,15 @@ Steps (each one `gcloud compute tpus tpu-vm ...` command; --dry_run prints them 
   1. copy:  a tarball of this checkout's files (`git ls-files`: tracked + untracked-not-ignored) is
             copied to every worker and unpacked into --remote_dir; or, with --repo=URL, every worker
             clones (or fast-forwards) that repository there.       (--copy=none skips this step)
-  2. setup: `python3 -m venv .venv && .venv/bin/pip install -e '.[tpu]'` on every worker
-            (jax[tpu]; no torch, no test extras).                    (--setup=none skips this step)
+  2. setup: README's TPU install on every worker (`xformer_jax.script_args.install_lines("tpu")`: a
+            venv, `pip install -c constraints.txt -e '.[tpu,gcs]'` and the Q-Former vocab package; no
+            torch, no test extras).                                  (--setup=none skips this step)
   3. run:   `cd REMOTE_DIR && .venv/bin/python COMMAND` on all workers at once (`--worker=all`).
             launch/train.py calls jax.distributed.initialize() itself on a TPU pod (it sees
             TPU_WORKER_HOSTNAMES), so the command is the same on every worker. --background wraps it
             in nohup (output to --log on each worker), so a dropped ssh session does not stop training.
-Weights and data are not copied: put them on GCS or a disk every worker mounts and point the config
-at them (gs:// paths work for --workdir through orbax).
+Weights and data are not copied: put them in a bucket (gs:// paths work for --workdir, the data and
+the checkpoints) or on a disk every worker mounts, and point the config at them.
 """
 import argparse
 import os
@@ -22,14 +23,14 @@ import shlex
 import subprocess
 import sys
 
-from xformer_jax import remote_args
+from xformer_jax import script_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARBALL = "/tmp/xformer_jax_src.tgz"
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_args.ArgumentParser(description=__doc__)
     parser.add_argument("--tpu", required=True, help="TPU VM name")
     parser.add_argument("--zone", required=True)
     parser.add_argument("--project", default="", help="GCP project (default: gcloud's configured one)")
@@ -39,13 +40,16 @@ def parse(argv):
                         help="local: copy this checkout's files; none: the code is already there")
     parser.add_argument("--repo", default="", help="git URL to clone on every worker instead of copying")
     parser.add_argument("--branch", default="", help="with --repo: branch or tag to check out")
-    parser.add_argument("--setup", choices=("pip", "none"), default="pip")
+    parser.add_argument("--setup", choices=("pip", "none"), default="pip",
+                        help="pip: install into REMOTE_DIR/.venv on every worker (README's TPU install)")
+    parser.add_argument("--base_python", default="python3", help="with --setup=pip: the Python (>= 3.11) "
+                        "that makes the venv, e.g. python3.11 on an image whose python3 is older")
     parser.add_argument("--python", default=".venv/bin/python", help="interpreter on the workers")
     parser.add_argument("--background", action="store_true", help="run under nohup, output to --log")
     parser.add_argument("--log", default="train.log", help="with --background: log file in --remote_dir")
-    remote_args.add_command_flags(parser, "after --: the command, e.g. launch/train.py --config=... --workdir=...")
+    script_args.add_command_flags(parser, "after --: the command, e.g. launch/train.py --config=... --workdir=...")
     args = parser.parse_args(argv)
-    remote_args.check_command_flags(parser, args)
+    script_args.check_command_flags(parser, args)
     return args
 
 
@@ -88,8 +92,7 @@ def commands(args) -> list[list[str]]:
         out.append(_gcloud(args, "scp") + [TARBALL, f"{args.tpu}:/tmp/"] + _where(args))
         out.append(ssh(args, f"mkdir -p {d} && tar xzf /tmp/{os.path.basename(TARBALL)} -C {d}"))
     if args.setup == "pip":
-        out.append(ssh(args, f"cd {d} && (test -x .venv/bin/python || python3 -m venv .venv) && "
-                             ".venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e '.[tpu]'"))
+        out.append(ssh(args, " && ".join([f"cd {d}", *script_args.install_lines("tpu", args.base_python)])))
     out.append(ssh(args, remote_command(args)))
     return out
 

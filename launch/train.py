@@ -13,7 +13,7 @@ from xformer_jax.configs import cli
 
 FLAGS = flags.FLAGS
 CONFIG = cli.define_config("e.g. configs/demo.py:stage1")
-flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard events and checkpoints.")
+flags.DEFINE_string("workdir", None, "Run directory (local or gs://bucket/...): metrics, TensorBoard events, checkpoints.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
@@ -40,12 +40,17 @@ def _cluster_environment() -> bool:
 def main(argv):
     del argv
     logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save INFO chatter
+    for name in ("absl", "gcsfs", "fsspec"):  # orbax's per-save and gcsfs's per-file INFO chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     initialize_distributed()
     from xformer_jax.train import loop
     config = cli.checked(CONFIG.value)
-    hook = loop.eval_losses(config, config.eval_batches) if config.eval_every else None
+    try:  # the mistakes a user can make in paths, said in one line before any model is built
+        loop.check_paths(config, FLAGS.workdir)
+        hook = loop.eval_losses(config, config.eval_batches) if config.eval_every else None
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"FATAL {e}") from None
     loop.train(config, FLAGS.workdir, eval_hook=hook)
 
 

@@ -8,7 +8,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "xformer_jax"
 # Each top-level unit of xformer_jax and its layer; a unit imports only units of its own layer or below.
 LAYERS = {
-    "rundir": 0, "plots": 0, "torch": 0, "data": 0, "profiling": 0, "mini_paper": 0, "remote_args": 0,
+    "storage": 0, "rundir": 0, "plots": 0, "torch": 0, "data": 0, "profiling": 0, "mini_paper": 0, "script_args": 0,
     "plan": 0,
     "eval": 1, "models": 1, "losses": 1,
     "convert": 2, "generate": 2, "pretrain": 2,

@@ -89,7 +89,7 @@ def test_tpu_vm_dry_run(capsys):
     assert lines[1].startswith("gcloud compute tpus tpu-vm scp /tmp/xformer_jax_src.tgz pod:/tmp/")
     assert all("--worker=all" in line and "--zone=us-east5-a" in line and "--project=p" in line
                for line in lines[1:])
-    assert ".[tpu]" in lines[3]
+    assert "'.[tpu,gcs]'" in lines[3]  # README's TPU install (tests/test_install.py)
     assert lines[4].startswith("gcloud compute tpus tpu-vm ssh pod ")
     assert ("cd xformer-jax && .venv/bin/python launch/train.py --config=configs/paper.py:stage1 "
             "--workdir=gs://b/run") in lines[4]

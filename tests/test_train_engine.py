@@ -12,13 +12,10 @@ import json
 import math
 import os
 import pathlib
-import queue
 import signal
 import subprocess
 import sys
 import tarfile
-import threading
-import time
 
 import grain
 import jax
@@ -28,6 +25,7 @@ import pytest
 from PIL import Image
 
 import engine_config
+from processes import OutputReader, finish, outputs, subprocess_env
 from xformer_jax.data import pipeline
 from xformer_jax.train import checkpointing, loop, partitioning, step_metrics
 
@@ -85,73 +83,11 @@ def assert_finite(tree):
             assert np.all(np.isfinite(leaf)), jax.tree_util.keystr(path)
 
 
-def subprocess_env(num_devices: int) -> dict:
-    env = dict(os.environ)
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}", JAX_PLATFORMS="cpu",
-               HF_HUB_OFFLINE="1", JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", PYTHONUNBUFFERED="1")
-    return env
-
-
 def launch_train(root, workdir, *flags, num_devices=8):
     command = [sys.executable, str(REPO / "launch" / "train.py"), f"--config={REPO}/tests/engine_config.py:{root}",
                f"--workdir={workdir}", *flags]
     return subprocess.Popen(command, cwd=REPO, env=subprocess_env(num_devices), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-
-
-class OutputReader:
-    """Drains a subprocess's stdout in a thread (so it never blocks on a full pipe)."""
-
-    def __init__(self, proc):
-        self.proc, self.lines, self._queue = proc, [], queue.Queue()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            self._queue.put(line)
-
-    def wait_for(self, predicate, timeout, others=()):
-        """Returns the first new line matching `predicate`; fails on timeout or when this process or
-        one of `others` (OutputReaders) exits first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                if any(r.proc.poll() is not None for r in (self, *others)):
-                    break
-                continue
-            if predicate(line):
-                return line
-        raise AssertionError("no matching output line (timed out or a process exited):\n" + outputs(self, *others))
-
-    def text(self):
-        self._thread.join(timeout=10)
-        return "".join(self.lines)
-
-
-def outputs(*readers) -> str:
-    return "\n".join(f"--- process {i} (exit code {r.proc.poll()}):\n" + "".join(r.lines)[-4000:]
-                     for i, r in enumerate(readers))
-
-
-def finish(readers, timeout):
-    """Waits for every process; kills them all on timeout. Returns their outputs."""
-    deadline = time.monotonic() + timeout
-    try:
-        for reader in readers:
-            reader.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        raise AssertionError("timed out:\n" + outputs(*readers))
-    finally:
-        for reader in readers:
-            if reader.proc.poll() is None:
-                reader.proc.kill()
-                reader.proc.wait()
-    return [reader.text() for reader in readers]
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -307,6 +243,7 @@ class PoisonedIterator(grain.DatasetIterator):
     def __init__(self, parent, at):
         super().__init__(parent)
         self._count, self._at = 0, at
+        self.local_examples = parent.local_examples
 
     def __next__(self):
         batch = next(self._parent)

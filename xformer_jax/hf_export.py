@@ -16,7 +16,6 @@ with NumPy (`safetensors_write`), float32 or bfloat16, sharded with an index jso
 import dataclasses
 import json
 import logging
-import os
 import re
 from typing import Optional
 
@@ -24,7 +23,7 @@ import numpy as np
 from flax import traverse_util
 from tokenizers import Tokenizer, processors
 
-from xformer_jax import rundir
+from xformer_jax import rundir, storage
 from xformer_jax.convert import mapping, safetensors_write, stage as stage_lib, tables
 from xformer_jax.data.tokenizers import LLMTokenizer
 from xformer_jax.train import build
@@ -82,7 +81,7 @@ def resolve_format(config, export_format: str) -> str:
 
 def _tokenizer(config):
     path = config.data.get("llm_tokenizer_path") if "data" in config else None
-    if not path or not os.path.exists(path):
+    if not path or not storage.exists(path):
         return None
     data = config.data
     return LLMTokenizer(path, data.max_txt_len, data.prompt, data.llm_bos_token, data.llm_pad_token)
@@ -115,9 +114,7 @@ def _grow_vocabulary(tensors: dict, rows: int, kind: str) -> list[str]:
 
 
 def _write_json(path: str, value: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
+    storage.write(path, json.dumps(value, indent=2) + "\n")
 
 
 def _generation_config(model_config, tokenizer, suppress: Optional[int]) -> dict:
@@ -138,23 +135,23 @@ def _tokenizer_files(config, out: str, tokenizer, export_format: str, model_conf
     """tokenizer.json (+ a tokenizer_config.json for AutoTokenizer) and, for hf, Blip2Processor's
     settings: the number of image tokens and BlipImageProcessor's resize / normalisation."""
     data = config.data
-    fast = Tokenizer.from_file(config.data.llm_tokenizer_path)
+    fast = Tokenizer.from_str(storage.read_text(config.data.llm_tokenizer_path))
     if fast.post_processor is None:  # the run prepends bos itself (LLMTokenizer); transformers' tokenizer must too
         fast.post_processor = processors.TemplateProcessing(
             single=f"{data.llm_bos_token} $A", pair=f"{data.llm_bos_token} $A {data.llm_bos_token} $B:1",
             special_tokens=[(data.llm_bos_token, tokenizer.bos_id)])
-    fast.save(os.path.join(out, "tokenizer.json"))
+    storage.write(storage.join(out, "tokenizer.json"), fast.to_str(pretty=True))
     eos = model_config.llm.eos_token_id
     eos = tokenizer.tokenizer.id_to_token(eos if isinstance(eos, int) else eos[0]) or data.llm_bos_token
-    _write_json(os.path.join(out, "tokenizer_config.json"), {
+    _write_json(storage.join(out, "tokenizer_config.json"), {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": data.llm_bos_token, "eos_token": eos,
         "pad_token": data.llm_pad_token, "padding_side": "left"})
     files = ["tokenizer.json", "tokenizer_config.json"]
     if export_format == "hf":
         size = model_config.vision.image_size
-        _write_json(os.path.join(out, "processor_config.json"), {
+        _write_json(storage.join(out, "processor_config.json"), {
             "processor_class": "Blip2Processor", "num_query_tokens": model_config.qformer.num_query_tokens})
-        _write_json(os.path.join(out, "preprocessor_config.json"), {
+        _write_json(storage.join(out, "preprocessor_config.json"), {
             "image_processor_type": "BlipImageProcessor", "processor_class": "Blip2Processor",
             "do_resize": True, "size": {"height": size, "width": size}, "resample": 3, "do_rescale": True,
             "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(data.clip_mean),
@@ -207,10 +204,10 @@ def export(source: str, out: str, *, export_format: str = "auto", dtype: str = "
     hf_config = stage_lib.hf_config(model_config, export_format, dtype=dtype, image_token_index=token_id,
                                     vocab_size=vocab_size)
     files = safetensors_write.save(out, {name: tensors[name] for name in sorted(tensors)}, max_shard_size, dtype)
-    _write_json(os.path.join(out, "config.json"), hf_config)
+    _write_json(storage.join(out, "config.json"), hf_config)
     files.append("config.json")
     if stage == "stage2":
-        _write_json(os.path.join(out, "generation_config.json"), _generation_config(model_config, tokenizer, suppress))
+        _write_json(storage.join(out, "generation_config.json"), _generation_config(model_config, tokenizer, suppress))
         files.append("generation_config.json")
         if tokenizer is not None:
             files += _tokenizer_files(config, out, tokenizer, export_format, model_config)
@@ -220,5 +217,5 @@ def export(source: str, out: str, *, export_format: str = "auto", dtype: str = "
         notes.append(f"config.model.inference_mask_ratio={model_config.inference_mask_ratio}: inference masks "
                      "the MAE input at that ratio, keeping the first patches (as the JAX model does)")
     logging.info("exported %s -> %s", source, out)
-    return ExportReport(os.path.abspath(out), export_format, hf_config["architectures"][0], step, tuple(files),
+    return ExportReport(storage.absolute(out), export_format, hf_config["architectures"][0], step, tuple(files),
                         left_out, tuple(notes))

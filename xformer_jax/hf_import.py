@@ -10,8 +10,6 @@
 import dataclasses
 import json
 import logging
-import os
-import shutil
 from typing import Optional
 
 import flax.linen as nn
@@ -20,7 +18,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from xformer_jax import rundir
+from xformer_jax import rundir, storage
 from xformer_jax.configs import common as configs_common
 from xformer_jax.convert import hf, stage as stage_lib
 from xformer_jax.models import qformer, xformer
@@ -55,11 +53,11 @@ class ConvertReport:
 
 
 def _check_out(out: str, overwrite: bool) -> None:
-    checkpoints = os.path.join(out, "checkpoints")
-    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    checkpoints = storage.join(out, "checkpoints")
+    if storage.isdir(checkpoints) and storage.listdir(checkpoints):
         if not overwrite:
             raise FileExistsError(f"{out} already holds checkpoints; choose another --out or pass --overwrite")
-        shutil.rmtree(checkpoints)
+        storage.rmtree(checkpoints)
 
 
 def _set_section(section: ml_collections.ConfigDict, values: dict) -> None:
@@ -69,17 +67,16 @@ def _set_section(section: ml_collections.ConfigDict, values: dict) -> None:
 
 def _tokenizer_settings(hf_dir: str, out: str, config: ml_collections.ConfigDict) -> list[str]:
     """Copy the LLM's tokenizer.json next to the checkpoint and point config.data at it."""
-    source = os.path.join(hf_dir, "tokenizer.json")
-    if not os.path.exists(source):
+    source = storage.join(hf_dir, "tokenizer.json")
+    if not storage.exists(source):
         return [f"{hf_dir} has no tokenizer.json: set config.data.llm_tokenizer_path before captioning"]
-    target = os.path.join(out, "tokenizer.json")
-    shutil.copyfile(source, target)
-    config.data.llm_tokenizer_path = os.path.abspath(target)
+    target = storage.join(out, "tokenizer.json")
+    storage.copy(source, target)
+    config.data.llm_tokenizer_path = storage.absolute(target)
     notes = [f"LLM tokenizer copied to {target}"]
-    settings = os.path.join(hf_dir, "tokenizer_config.json")
-    if os.path.exists(settings):
-        with open(settings) as f:
-            tokenizer_config = json.load(f)
+    settings = storage.join(hf_dir, "tokenizer_config.json")
+    if storage.exists(settings):
+        tokenizer_config = storage.read_json(settings)
         for key, field in (("bos_token", "llm_bos_token"), ("pad_token", "llm_pad_token")):
             token = tokenizer_config.get(key)
             token = token.get("content") if isinstance(token, dict) else token
@@ -89,10 +86,9 @@ def _tokenizer_settings(hf_dir: str, out: str, config: ml_collections.ConfigDict
 
 
 def _image_settings(hf_dir: str, config: ml_collections.ConfigDict) -> None:
-    path = os.path.join(hf_dir, "preprocessor_config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            processor = json.load(f)
+    path = storage.join(hf_dir, "preprocessor_config.json")
+    if storage.exists(path):
+        processor = storage.read_json(path)
         if len(processor.get("image_mean") or []) == 3 and len(processor.get("image_std") or []) == 3:
             config.data.clip_mean, config.data.clip_std = tuple(processor["image_mean"]), tuple(processor["image_std"])
 
@@ -142,7 +138,7 @@ def write_workdir(hf_dir: str, out: str, base_config: Optional[ml_collections.Co
     xformer_jax/configs/common.py's base config with `model` describing the checkpoint, `data` its image size
     (and, when the directory has them, its tokenizer and image statistics), and a `hf` section
     recording where it came from and its image token id (export writes that id back)."""
-    config_path = os.path.join(hf_dir, "config.json")
+    config_path = storage.join(hf_dir, "config.json")
     hf_config = hf.read_config(hf_dir)
     name = hf.architecture(hf_config, config_path)
     if name not in WHOLE_MODELS:
@@ -164,7 +160,7 @@ def write_workdir(hf_dir: str, out: str, base_config: Optional[ml_collections.Co
         config.model.stage2_mask_ratio = section["stage2_mask_ratio"]
     config.model.inference_mask_ratio = section["inference_mask_ratio"]
     config.data.image_size = model_config.vision.image_size
-    os.makedirs(out, exist_ok=True)
+    storage.makedirs(out)
     notes = [f"{p}: drawn fresh (not in the checkpoint)" for p in load_report.fresh]
     if config.optim.warmup_steps >= config.total_steps:  # the base config's defaults do not fit together
         notes.append(f"config.optim.warmup_steps {config.optim.warmup_steps} -> 0 (total_steps {config.total_steps}); "
@@ -173,11 +169,11 @@ def write_workdir(hf_dir: str, out: str, base_config: Optional[ml_collections.Co
     if stage == "stage2":
         notes += _tokenizer_settings(hf_dir, out, config)
     _image_settings(hf_dir, config)
-    config.hf = ml_collections.ConfigDict({"source": os.path.abspath(hf_dir), "architecture": name,
+    config.hf = ml_collections.ConfigDict({"source": storage.absolute(hf_dir), "architecture": name,
                                            "image_token_index": hf_config.get("image_token_index")})
     save_initial_checkpoint(config, params, out)
     logging.info("%s -> %s", hf_dir, out)
-    return ConvertReport(name, os.path.abspath(out), stage, notes=tuple(notes))
+    return ConvertReport(name, storage.absolute(out), stage, notes=tuple(notes))
 
 
 def _config_flags(part: str, fields: dict) -> list[str]:
@@ -189,7 +185,7 @@ def write_component(hf_dir: str, out: str) -> ConvertReport:
     """A component directory -> OUT/<part>.msgpack (`build.save_params`) for config.model.<part>.params_file,
     and the config keys whose values must match it. A BERT directory needs no conversion: the
     Q-Former reads it through config.model.qformer.bert_dir."""
-    config_path = os.path.join(hf_dir, "config.json")
+    config_path = storage.join(hf_dir, "config.json")
     name = hf.architecture(hf.read_config(hf_dir), config_path)
     if name not in COMPONENTS:
         raise ValueError(f"{config_path}: {name} is not a component (supported: {sorted(COMPONENTS)}); whole "
@@ -197,16 +193,16 @@ def write_component(hf_dir: str, out: str) -> ConvertReport:
     part, component = COMPONENTS[name]
     if part == "qformer":
         fields = dataclasses.asdict(qformer.config_from_hf(hf.read_config(hf_dir)))
-        keys = [f"--config.model.qformer.bert_dir={os.path.abspath(hf_dir)}"]
+        keys = [f"--config.model.qformer.bert_dir={storage.absolute(hf_dir)}"]
         keys += _config_flags("qformer", {k: fields[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
                                                                  "num_attention_heads", "intermediate_size",
                                                                  "max_position_embeddings", "dec_token_id")})
-        return ConvertReport(name, os.path.abspath(hf_dir), config_keys=tuple(keys),
+        return ConvertReport(name, storage.absolute(hf_dir), config_keys=tuple(keys),
                              notes=("BERT is read directly (config.model.qformer.bert_dir); nothing written",))
     module, params, report = hf.load_hf(hf_dir, component)
     fields = {k: v for k, v in dataclasses.asdict(module.config).items() if k not in stage_lib.RUNTIME_FIELDS}
-    os.makedirs(out, exist_ok=True)
-    path = os.path.abspath(os.path.join(out, f"{part}.msgpack"))
+    storage.makedirs(out)
+    path = storage.absolute(storage.join(out, f"{part}.msgpack"))
     build.save_params(path, params)
     if part == "llm":
         kind = stage_lib.llm_kind(module.config)
@@ -219,9 +215,8 @@ def write_component(hf_dir: str, out: str) -> ConvertReport:
         fields.pop("mask_ratio")
     keys = [f"--config.model.{part}.params_file={path}", f"--config.model.{part}.hf_dir="]
     keys += _config_flags(part, fields)
-    with open(os.path.join(out, f"{part}.json"), "w") as f:
-        json.dump({"architecture": name, "source": os.path.abspath(hf_dir), "params_file": path,
-                   "config": fields}, f, indent=2)
+    storage.write_json(storage.join(out, f"{part}.json"), {
+        "architecture": name, "source": storage.absolute(hf_dir), "params_file": path, "config": fields}, indent=2)
     notes = [f"{p}: drawn fresh" for p in report.fresh]
     return ConvertReport(name, path, config_keys=tuple(keys), notes=tuple(notes))
 
@@ -229,7 +224,7 @@ def write_component(hf_dir: str, out: str) -> ConvertReport:
 def convert(hf_dir: str, out: str, base_config: Optional[ml_collections.ConfigDict] = None,
             overwrite: bool = False) -> ConvertReport:
     """write_workdir for whole BLIP-2 models, write_component for the rest."""
-    name = hf.architecture(hf.read_config(hf_dir), os.path.join(hf_dir, "config.json"))
+    name = hf.architecture(hf.read_config(hf_dir), storage.join(hf_dir, "config.json"))
     if name in WHOLE_MODELS:
         return write_workdir(hf_dir, out, base_config, overwrite)
     return write_component(hf_dir, out)

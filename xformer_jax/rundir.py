@@ -11,9 +11,7 @@ frozen) alone, as host NumPy arrays or straight onto the shardings of a mesh: no
 the optimizer state is never read. Nothing here knows the model; the layers above pass it shardings.
 """
 import dataclasses
-import json
 import logging
-import os
 from typing import Any, Optional
 
 import grain
@@ -22,6 +20,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from xformer_jax import storage
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
@@ -36,30 +36,25 @@ def item_handlers() -> dict:
 
 
 def checkpoints_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    return storage.join(storage.absolute(workdir), CHECKPOINTS)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """WORKDIR/config.json, written atomically by process 0."""
+    """WORKDIR/config.json, written whole by process 0."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+    storage.write(storage.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = storage.join(workdir, CONFIG_FILE)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found: a run directory holds the config.json that launch/train.py "
                                 "or launch/convert.py wrote")
-    with open(path) as f:
-        try:
-            return ml_collections.ConfigDict(json.load(f))
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
+    try:
+        return ml_collections.ConfigDict(storage.read_json(path))
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,22 +74,36 @@ def latest_step(directory: str) -> Optional[int]:
 def resolve(path: str) -> Checkpoint:
     """The checkpoint `path` names: a workdir (its newest finalized step), its checkpoints/ directory, or
     one step directory (WORKDIR/checkpoints/N)."""
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
+    path = storage.absolute(path)
+    if not storage.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    name, parent = os.path.basename(path), os.path.dirname(path)
-    if name.isdigit() and os.path.basename(parent) == CHECKPOINTS:
-        if not os.path.isdir(os.path.join(path, STATE)):
+    name, parent = storage.basename(path), storage.dirname(path)
+    if name.isdigit() and storage.basename(parent) == CHECKPOINTS:
+        if not storage.isdir(storage.join(path, STATE)):
             raise FileNotFoundError(f"{path} is not a finished checkpoint (no {STATE}/ inside)")
-        return Checkpoint(os.path.dirname(parent), path, int(name))
-    directory = path if name == CHECKPOINTS else os.path.join(path, CHECKPOINTS)
-    if not os.path.isdir(directory):
+        return Checkpoint(storage.dirname(parent), path, int(name))
+    directory = path if name == CHECKPOINTS else storage.join(path, CHECKPOINTS)
+    if not storage.isdir(directory):
         raise FileNotFoundError(f"{path} is neither a workdir (with {CHECKPOINTS}/), a {CHECKPOINTS} directory nor "
                                 f"a step directory WORKDIR/{CHECKPOINTS}/N")
     step = latest_step(directory)
     if step is None:
         raise FileNotFoundError(f"no finalized checkpoint in {directory}")
-    return Checkpoint(os.path.dirname(directory), os.path.join(directory, str(step)), step)
+    return Checkpoint(storage.dirname(directory), storage.join(directory, str(step)), step)
+
+
+def check_run(path: str, key: str, stage: Optional[str] = None) -> Checkpoint:
+    """The checkpoint `path` names (`resolve`), or ValueError in one line naming `key` and `path`: a bucket
+    that cannot be reached, nothing that is a run there, a run of another stage than `stage`."""
+    storage.check_bucket(path, key)
+    try:
+        checkpoint = resolve(path)
+        found = read_config(checkpoint.workdir).get("stage") if stage else None
+    except FileNotFoundError as e:
+        raise ValueError(f"{key}={path}: {e}") from None
+    if stage and found != stage:
+        raise ValueError(f"{key}={path}: holds a {found} run; a {stage} run is needed")
+    return checkpoint
 
 
 def restore_params(path: str, shardings: Optional[dict] = None) -> tuple[dict, Checkpoint]:

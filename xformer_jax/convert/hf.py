@@ -2,7 +2,6 @@
 import dataclasses
 import json
 import logging
-import os
 import re
 from typing import Callable, Optional
 
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from xformer_jax import storage
 from xformer_jax.convert import mapping, safetensors_io, stage, tables
 from xformer_jax.models import blip2_retrieval, mae, qformer, vit
 from xformer_jax.models import llama, opt, stage2
@@ -262,16 +262,15 @@ SUPPORTED_ARCHITECTURES = tuple(name for name in RECIPES if ":" not in name)
 
 
 def read_config(hf_dir: str) -> dict:
-    if not os.path.isdir(hf_dir):
+    if not storage.isdir(hf_dir):
         raise FileNotFoundError(f"checkpoint directory not found: {hf_dir}")
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.exists(path):
+    path = storage.join(hf_dir, "config.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found (expected a transformers save_pretrained directory)")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON ({e})") from None
+    try:
+        return storage.read_json(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
 
 
 def architecture(config: dict, path: str) -> str:
@@ -336,7 +335,7 @@ def load_hf(hf_dir: str, component: Optional[str] = None, *, seed: int = 0,
     of the text FFN. The report lists each of these.
     """
     config = read_config(hf_dir)
-    config_path = os.path.join(hf_dir, "config.json")
+    config_path = storage.join(hf_dir, "config.json")
     name = architecture(config, config_path)
     recipe = recipe_for(name, component, config_path)
     module_config = config[recipe.sub_config] if recipe.sub_config else config

@@ -5,11 +5,12 @@ data_offsets}}, then raw little-endian bytes. bfloat16 has no NumPy dtype: its b
 of a float32, so it is widened exactly by a 16-bit shift.
 """
 import json
-import os
 import struct
 from typing import Iterator
 
 import numpy as np
+
+from xformer_jax import storage
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -22,7 +23,7 @@ _NUMPY_DTYPES = {
 
 def read_header(path: str) -> tuple[dict, int]:
     """The JSON header of one safetensors file and the byte offset where the data starts."""
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
             raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
@@ -48,7 +49,7 @@ def _decode(buffer: bytes, dtype: str, shape: list, path: str, name: str) -> np.
 def iter_file(path: str) -> Iterator[tuple[str, np.ndarray]]:
     """(name, array) for every tensor of one file; floating tensors come back as float32."""
     header, start = read_header(path)
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for name, info in header.items():
             begin, end = info["data_offsets"]
             f.seek(start + begin)
@@ -60,19 +61,18 @@ def iter_file(path: str) -> Iterator[tuple[str, np.ndarray]]:
 
 def checkpoint_files(hf_dir: str) -> list[str]:
     """The safetensors files of a save_pretrained directory: one file, or the shards of its index."""
-    index = os.path.join(hf_dir, INDEX_FILE)
-    if os.path.exists(index):
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
+    index = storage.join(hf_dir, INDEX_FILE)
+    if storage.exists(index):
+        weight_map = storage.read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index}: no 'weight_map' object")
-        files = [os.path.join(hf_dir, name) for name in sorted(set(weight_map.values()))]
-        missing = [p for p in files if not os.path.exists(p)]
+        files = [storage.join(hf_dir, name) for name in sorted(set(weight_map.values()))]
+        missing = [p for p in files if not storage.exists(p)]
         if missing:
             raise FileNotFoundError(f"{index} names shard files that are missing: {missing}")
         return files
-    single = os.path.join(hf_dir, SINGLE_FILE)
-    if os.path.exists(single):
+    single = storage.join(hf_dir, SINGLE_FILE)
+    if storage.exists(single):
         return [single]
     raise FileNotFoundError(f"{hf_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found "
                             "(only safetensors checkpoints are read; re-save with safe_serialization=True)")

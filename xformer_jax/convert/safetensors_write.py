@@ -3,11 +3,10 @@
 The layout is the one `safetensors_io` reads: an 8-byte little-endian header length, the JSON header
 (padded with spaces to a multiple of 8 bytes, as the safetensors library does), then the tensors'
 little-endian bytes back to back in header order. bfloat16 is float32 rounded to nearest even
-(ml_dtypes, which JAX ships). Files are written under a temporary name and renamed, so a crash never
-leaves a file that looks complete.
+(ml_dtypes, which JAX ships). Files are written whole (`storage.writer`: a temporary file renamed, or
+one upload to a bucket), so a crash never leaves a file that looks complete.
 """
 import json
-import os
 import re
 import struct
 from typing import Mapping
@@ -15,6 +14,7 @@ from typing import Mapping
 import ml_dtypes
 import numpy as np
 
+from xformer_jax import storage
 from xformer_jax.convert.safetensors_io import INDEX_FILE, SINGLE_FILE
 
 DTYPES = ("float32", "bfloat16")
@@ -84,8 +84,7 @@ def write_file(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[s
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with storage.writer(path) as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for array in tensors.values():
@@ -93,7 +92,6 @@ def write_file(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[s
             if data.dtype.byteorder == ">":
                 data = data.astype(data.dtype.newbyteorder("<"))
             f.write(data.tobytes())
-    os.replace(tmp, path)
     return offset
 
 
@@ -119,24 +117,21 @@ def save(directory: str, tensors: Mapping[str, np.ndarray], max_shard_size="5GB"
     tensors exceed max_shard_size; floating tensors stored as `dtype`. Stale checkpoint files of an
     earlier export are removed. Returns the file names written."""
     check_dtype(dtype)
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):
+    storage.makedirs(directory)
+    for name in storage.listdir(directory) if storage.isdir(directory) else ():
         if name == INDEX_FILE or (name.startswith("model") and name.endswith(".safetensors")):
-            os.remove(os.path.join(directory, name))
+            storage.remove(storage.join(directory, name))
     metadata = {"format": "pt"}  # what transformers requires of a safetensors checkpoint
     plan = shard_plan(tensors, parse_size(max_shard_size), dtype)
     if len(plan) == 1:
-        write_file(os.path.join(directory, SINGLE_FILE), tensors, metadata, dtype)
+        write_file(storage.join(directory, SINGLE_FILE), tensors, metadata, dtype)
         return [SINGLE_FILE]
     files, weight_map, total = [], {}, 0
     for k, names in enumerate(plan, start=1):
         file = f"model-{k:05d}-of-{len(plan):05d}.safetensors"
-        total += write_file(os.path.join(directory, file), {n: tensors[n] for n in names}, metadata, dtype)
+        total += write_file(storage.join(directory, file), {n: tensors[n] for n in names}, metadata, dtype)
         weight_map.update({n: file for n in names})
         files.append(file)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    tmp = os.path.join(directory, INDEX_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(index, f, indent=2)
-    os.replace(tmp, os.path.join(directory, INDEX_FILE))
+    storage.write_json(storage.join(directory, INDEX_FILE), index, indent=2)
     return files + [INDEX_FILE]

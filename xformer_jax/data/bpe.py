@@ -3,10 +3,11 @@
 The demo's small LLM has no pretrained tokenizer offline; this trains one on the synthetic captions
 and answers with the `tokenizers` library and writes a tokenizer.json that `LLMTokenizer` reads.
 """
-import os
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from xformer_jax import storage
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
 
@@ -21,7 +22,5 @@ def train_bpe(texts: Iterable[str], path: str, vocab_size: int = 512) -> str:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator((t + "\n" for t in texts), trainer=trainer)
-    tmp = path + ".tmp"
-    tokenizer.save(tmp)
-    os.replace(tmp, path)
+    storage.write(path, tokenizer.to_str(pretty=True))
     return path

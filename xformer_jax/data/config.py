@@ -1,10 +1,10 @@
 """The `data` sub-config: every input-pipeline knob, with its default, and start-up validation."""
 from __future__ import annotations
 
-import os
-
 import ml_collections
 from ml_collections import config_dict
+
+from xformer_jax import storage
 
 KINDS = ("synthetic", "tfds", "webdataset", "json")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP / EVA-CLIP (BLIP-2's normalisation)
@@ -109,7 +109,8 @@ def flip_enabled(data: ml_collections.ConfigDict) -> bool:
 
 
 def _must_exist(key: str, path: str) -> None:
-    if not os.path.exists(path):
+    storage.check_bucket(path, f"config.data.{key}")
+    if not storage.exists(path):
         raise ValueError(f"config.data.{key}: {path} does not exist")
 
 

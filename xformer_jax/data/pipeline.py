@@ -52,7 +52,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, *, process_index: int
                             allow_nones=True)
     ds = _DropSkipped(ds, limit=len(source), name=source.path)
     ds = _with_workers(ds.batch(batch_size, drop_remainder=True, batch_fn=collate), data)
-    return _CountSkipped(iter(ds), source.skipped_shards)
+    return _CountSkipped(iter(ds), source.skipped_shards, len(source))
 
 
 def make_eval_dataset(config: ml_collections.ConfigDict, *, process_index: int | None = None,
@@ -142,12 +142,14 @@ class _DropSkippedIterator(grain.DatasetIterator):
 
 class _CountSkipped(grain.DatasetIterator):
     """Main-process end of the pipeline: turns per-batch skip counts (from whichever worker made
-    the batch) into this process's running total, which is part of the checkpointed state."""
+    the batch) into this process's running total, which is part of the checkpointed state; knows how
+    many records this process's part of the source holds (`local_examples`), for the run's epochs."""
 
-    def __init__(self, parent: grain.DatasetIterator, skipped_shards: int):
+    def __init__(self, parent: grain.DatasetIterator, skipped_shards: int, local_examples: int):
         super().__init__(parent)
         self._skipped = 0
         self._skipped_shards = np.int64(skipped_shards)
+        self.local_examples = local_examples  # the records this process's part of the source holds
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._parent)

@@ -5,12 +5,12 @@ describe(index) naming the file for log lines, `path` for errors, and `skipped_s
 """
 from __future__ import annotations
 
-import json
 import os
 
 import ml_collections
 import numpy as np
 
+from xformer_jax import storage
 from xformer_jax.data import sharding, synthetic
 from xformer_jax.data.records import Record, StringColumn, namespaced_id, numeric_id
 from xformer_jax.data.tar_shards import TarShardSource, expand_pattern
@@ -32,9 +32,9 @@ class JsonCaptionSource:
         self.skipped_shards = 0
         images, captions, raw_ids = [], [], []
         for number, file in enumerate(files):
-            root = image_root or os.path.dirname(os.path.abspath(file))
+            root = image_root or storage.dirname(storage.absolute(file))
             for image, caption, raw_id in _read_annotations(file):
-                images.append(os.path.join(root, image))
+                images.append(storage.join(root, image))
                 captions.append([caption] if isinstance(caption, str) else list(caption))
                 raw_ids.append((number, raw_id))
         if per_image:
@@ -54,8 +54,7 @@ class JsonCaptionSource:
         return self._images[index]
 
     def __getitem__(self, index: int) -> Record:
-        with open(self._images[index], "rb") as f:
-            image = f.read()
+        image = storage.read_bytes(self._images[index])
         captions = self._captions[index]
         return Record(image, captions.split(_CAPTION_SEPARATOR) if captions else [], int(self._ids[index]))
 
@@ -63,8 +62,7 @@ class JsonCaptionSource:
 def _read_annotations(file: str):
     """(image path, caption or captions, raw image id) triples of one annotation file."""
     try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
+        data = storage.read_json(file)
     except (OSError, ValueError) as error:
         raise ValueError(f"config.data.path: cannot read {file} as JSON ({error})") from error
     if isinstance(data, dict) and {"images", "annotations"} <= data.keys():
@@ -144,7 +142,7 @@ def open_source(data: ml_collections.ConfigDict, train: bool, process_index: int
     if data.kind == "webdataset":
         pattern = data.path if train else _eval_path(data)
         shards = expand_pattern(pattern)
-        if not any(os.path.exists(s) for s in shards):
+        if not any(storage.exists(s) for s in shards):
             raise ValueError(f"config.data.{'path' if train else 'eval_path'}: {pattern} does not exist")
         if train:
             return TarShardSource(sharding.split_files(shards, process_index, process_count, "path"), pattern)
@@ -168,6 +166,7 @@ def _eval_path(data: ml_collections.ConfigDict) -> str:
     if not data.eval_path:
         raise ValueError(f"config.data.eval_path is empty: data.kind={data.kind!r} evaluates on that file / pattern")
     for path in data.eval_path.split("::") if data.kind == "json" else ():
-        if not os.path.exists(path):
+        storage.check_bucket(path, "config.data.eval_path")
+        if not storage.exists(path):
             raise ValueError(f"config.data.eval_path: {path} does not exist")
     return data.eval_path

@@ -1,13 +1,13 @@
 """Random access into webdataset tar shards (img2dataset's layout: KEY.jpg + KEY.txt / KEY.json).
 
 The shards' headers are read once at start-up into an index of byte ranges, so grain can shuffle
-globally and resume exactly; each example is then one seek + read per member. A shard that cannot
+globally and resume exactly; each example is then one ranged read per member (shards may lie in a
+bucket: indexing reads each shard's headers once per start-up). A shard that cannot
 be opened or ends early is logged and counted (`skipped_shards`); what it held before the damage
 is kept.
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -16,6 +16,7 @@ import tarfile
 
 import numpy as np
 
+from xformer_jax import storage
 from xformer_jax.data.records import Record, StringColumn, namespaced_id, numeric_id
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def expand_pattern(pattern: str) -> list[str]:
 def expand_pattern_parts(pattern: str) -> list[list[str]]:
     """The shard paths of each "::"-joined part of a pattern (one part per source)."""
     return [[path for expanded in _expand_braces(part)
-             for path in (sorted(glob.glob(expanded)) if re.search(r"[*?[]", expanded) else [expanded])]
+             for path in (storage.glob(expanded) if re.search(r"[*?[]", expanded) else [expanded])]
             for part in pattern.split("::")]
 
 
@@ -76,8 +77,8 @@ class TarShardSource:
     def _index_shard(self, shard: str) -> dict[str, list[int]]:
         entries: dict[str, list[int]] = {}
         try:
-            file_size = os.path.getsize(shard)
-            with tarfile.open(shard, "r:") as tar:
+            file_size = storage.getsize(shard)
+            with storage.open(shard, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 for info in tar:
                     if not info.isfile():
                         continue
@@ -107,23 +108,15 @@ class TarShardSource:
         (image_at, image_size), (txt_at, txt_size), (json_at, json_size) = self._ranges[index].reshape(-1, 2)
         if image_at < 0:
             raise ValueError("no image member")
-        with open(shard, "rb") as f:
-            image = _read(f, image_at, image_size)
-            if txt_at >= 0:
-                captions = [_read(f, txt_at, txt_size).decode("utf-8")]
-            elif json_at >= 0:
-                caption = json.loads(_read(f, json_at, json_size)).get("caption") or ""
-                captions = [caption] if isinstance(caption, str) else list(caption)
-            else:
-                captions = []
+        image = storage.read_range(shard, image_at, image_size)
+        if txt_at >= 0:
+            captions = [storage.read_range(shard, txt_at, txt_size).decode("utf-8")]
+        elif json_at >= 0:
+            caption = json.loads(storage.read_range(shard, json_at, json_size)).get("caption") or ""
+            captions = [caption] if isinstance(caption, str) else list(caption)
+        else:
+            captions = []
         image_id = numeric_id(self._keys[index], fallback=index)
         source = int(self._shard_source[self._shard_ids[index]])
         return Record(image=image, captions=captions, image_id=namespaced_id(image_id, source, self._num_sources))
 
-
-def _read(f, offset: int, size: int) -> bytes:
-    f.seek(int(offset))
-    data = f.read(int(size))
-    if len(data) != size:
-        raise OSError(f"read {len(data)} of {size} bytes at offset {offset}")
-    return data

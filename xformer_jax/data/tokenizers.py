@@ -1,4 +1,4 @@
-"""Text tokenizers from local files (the `tokenizers` library, never the network).
+"""Text tokenizers from files, local or in a bucket (the `tokenizers` library, never a hub).
 
 QFormerTokenizer: bert-base-uncased WordPiece plus BLIP-2's `[DEC]` token for ITG.
 LLMTokenizer: the frozen LLM's tokenizer.json with LAVIS blip2_opt's stage-2 conventions.
@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from xformer_jax import storage
 
 IGNORE_INDEX = -100  # label value the token losses skip (HF / torch); losses.py reads it from here
 DEC_TOKEN = "[DEC]"
@@ -38,7 +40,7 @@ class QFormerTokenizer:
 
     def __init__(self, vocab_path: str | None = None, max_len: int = 32):
         vocab_path = vocab_path or default_vocab_path()
-        vocab = models.WordPiece.read_file(vocab_path)
+        vocab = read_vocab(vocab_path)
         missing = [t for t in _BERT_SPECIAL if t not in vocab]
         if missing:
             raise ValueError(f"{vocab_path} lacks the BERT special tokens {missing}")
@@ -75,7 +77,7 @@ class LLMTokenizer:
 
     def __init__(self, path: str, max_len: int = 32, prompt: str = "",
                  bos_token: str = "</s>", pad_token: str = "<pad>"):
-        self.tokenizer = Tokenizer.from_file(path)
+        self.tokenizer = Tokenizer.from_str(storage.read_text(path))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.bos_id = self._token_id(path, "llm_bos_token", bos_token)
@@ -103,6 +105,11 @@ class LLMTokenizer:
             mask[row, :len(tokens)] = 1
         return {"input_ids": ids, "attention_mask": mask,
                 "labels": stage2_labels(ids, mask, self.prompt_length)}
+
+
+def read_vocab(path: str) -> dict[str, int]:
+    """A WordPiece vocab.txt (one token per line, its id the line number), local or in a bucket."""
+    return {line.rstrip(): index for index, line in enumerate(storage.read_text(path).splitlines())}
 
 
 def prompt_token_count(encode, prompt: str) -> int:

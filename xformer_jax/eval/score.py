@@ -26,8 +26,8 @@ naming the file and the offending key or id.
 """
 from collections.abc import Hashable
 import json
-import os
 
+from xformer_jax import storage
 from xformer_jax.eval.caption import caption_scores
 from xformer_jax.eval.counting import counting_accuracy
 from xformer_jax.eval.gqa import gqa_accuracy
@@ -40,13 +40,12 @@ _SHOWN_IDS = 5
 
 def _load_json(path: str, role: str):
     """Parsed JSON of `path`; a missing or malformed file is a ValueError naming it."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise ValueError(f"{role} file not found: {path}")
-    with open(path, encoding="utf-8") as file:
-        try:
-            return json.load(file)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{role} file {path} is not valid JSON: {error}") from None
+    try:
+        return storage.read_json(path)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{role} file {path} is not valid JSON: {error}") from None
 
 
 def _entries(data, path: str, key: str | None, fields: tuple[str, ...]) -> list[dict]:

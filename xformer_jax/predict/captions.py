@@ -8,14 +8,13 @@ padded to the longest, so that decoding compiles once; `vqa_predictions` / `capt
 official result formats (launch/evaluate.py, the recipe).
 """
 import dataclasses
-import os
 from typing import Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from xformer_jax import generate as generate_lib
+from xformer_jax import generate as generate_lib, storage
 from xformer_jax.data.pipeline import image_transform, make_tokenizer
 from xformer_jax.models import stage2
 from xformer_jax.predict import inputs
@@ -109,7 +108,7 @@ def generate_texts(captioner: Captioner, image_paths: Sequence[str], prompts: Se
 def vqa_predictions(captioner: Captioner, questions: Sequence[dict], image_root: str, batch_size: int,
                     template: str = VQA_PROMPT) -> list[dict]:
     """[{"question_id", "answer"}] for LAVIS-format questions [{"question_id", "question", "image"}]."""
-    answers = generate_texts(captioner, [os.path.join(image_root, q["image"]) for q in questions],
+    answers = generate_texts(captioner, [storage.join(image_root, q["image"]) for q in questions],
                              [template.format(q["question"]) for q in questions], batch_size)
     return [{"question_id": q["question_id"], "answer": a} for q, a in zip(questions, answers)]
 
@@ -117,6 +116,6 @@ def vqa_predictions(captioner: Captioner, questions: Sequence[dict], image_root:
 def caption_predictions(captioner: Captioner, images: Sequence[dict], image_root: str, batch_size: int) -> list[dict]:
     """[{"image_id", "caption"}] for LAVIS-format caption entries [{"image", "image_id"}]: the text generated
     after the "a photo of" prompt, without the prompt, as LAVIS scores BLIP-2's captions."""
-    captions = generate_texts(captioner, [os.path.join(image_root, e["image"]) for e in images],
+    captions = generate_texts(captioner, [storage.join(image_root, e["image"]) for e in images],
                               [CAPTION_PROMPT] * len(images), batch_size)
     return [{"image_id": int(e["image_id"]), "caption": c} for e, c in zip(images, captions)]

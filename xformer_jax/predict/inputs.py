@@ -1,10 +1,11 @@
-"""Prediction inputs: images from disk, their evaluation pixels, and batches of one size."""
-import os
+"""Prediction inputs: images from files (local or in a bucket), their evaluation pixels, and batches of one size."""
+import io
 from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from xformer_jax import storage
 from xformer_jax.data.transforms import ImageTransform
 
 
@@ -12,10 +13,10 @@ def load_images(paths: Sequence[str]) -> list[Image.Image]:
     """RGB images; a missing or unreadable file is an error naming it."""
     images = []
     for path in paths:
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise FileNotFoundError(f"image {path} not found")
         try:
-            images.append(Image.open(path).convert("RGB"))
+            images.append(Image.open(io.BytesIO(storage.read_bytes(path))).convert("RGB"))
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"image {path} cannot be read ({e})") from None
     return images

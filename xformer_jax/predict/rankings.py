@@ -10,13 +10,13 @@ BLIP's caption processor does and tokenised to `config.data.max_len`. `rank_capt
 file (launch/evaluate.py, the demo), encoding in batches of one shape.
 """
 import dataclasses
-import os
 from typing import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from xformer_jax import storage
 from xformer_jax.data.pipeline import image_transform
 from xformer_jax.data.tokenizers import QFormerTokenizer
 from xformer_jax.data.transforms import clean_caption
@@ -143,7 +143,7 @@ def rank_captions(retriever: Retriever, entries: Sequence[dict], image_root: str
         captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
         texts += captions
         text_to_image += [index] * len(captions)
-    images = _encoded(lambda b: retriever.encode_images(inputs.load_images([os.path.join(image_root, e["image"])
+    images = _encoded(lambda b: retriever.encode_images(inputs.load_images([storage.join(image_root, e["image"])
                                                                             for e in b])), entries, batch_size)
     encoded = _encoded(retriever.encode_texts, texts, batch_size)
     if k_test:

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 from flax import serialization, traverse_util
 
+from xformer_jax import storage
 from xformer_jax.convert import from_hf, load_hf
 from xformer_jax.convert.hf import read_config
 from xformer_jax.models import config_sections, fusion, mae, qformer, stage2, vit, xformer
@@ -209,20 +210,16 @@ def pretrained_parts(model_cfg: ml_collections.ConfigDict, config: xformer.Stage
 
 def save_params(path: str, params) -> None:
     """Flax params as msgpack, written atomically (a crash never leaves half a file)."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
-    os.replace(tmp, path)
+    storage.write(path, serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
 
 
 def load_params(path: str, key: str) -> dict:
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{key}: {path} does not exist")
-    with open(path, "rb") as f:
-        try:
-            return serialization.msgpack_restore(f.read())
-        except Exception as e:  # msgpack raises several unrelated types on bad bytes
-            raise ValueError(f"{key}: {path} is not a params file written by save_params ({e})") from None
+    try:
+        return serialization.msgpack_restore(storage.read_bytes(path))
+    except Exception as e:  # msgpack raises several unrelated types on bad bytes
+        raise ValueError(f"{key}: {path} is not a params file written by save_params ({e})") from None
 
 
 def _vision_component(hf_dir: str):

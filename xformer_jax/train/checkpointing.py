@@ -11,13 +11,13 @@ params-only reading are `xformer_jax.rundir`'s).
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import grain
 import ml_collections
 import orbax.checkpoint as ocp
 
+from xformer_jax import storage
 from xformer_jax.rundir import DATA_ITER, STATE, checkpoints_dir, item_handlers
 
 
@@ -91,7 +91,7 @@ class Checkpointer:
         self._check_matches(step, abstract_state)
         items = {STATE: ocp.args.StandardRestore(abstract_state)}
         if iterator is not None:
-            if not os.path.isdir(os.path.join(self.directory, str(step), DATA_ITER)):
+            if not storage.isdir(storage.join(self.directory, str(step), DATA_ITER)):
                 raise ValueError(f"checkpoint {self.directory}/{step} has no data iterator state; "
                                  "it was saved without an iterator")
             items[DATA_ITER] = grain.checkpoint.CheckpointRestore(iterator)

@@ -24,11 +24,12 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from xformer_jax import rundir
-from xformer_jax.data import pipeline
+from xformer_jax import rundir, storage
+from xformer_jax.data import config as data_config, pipeline
 from xformer_jax.data.sharding import to_global_batch
 from xformer_jax.models import xformer
-from xformer_jax.train import build, checkpointing, metrics as metrics_lib, objective, optimizer, partitioning, steps
+from xformer_jax.train import (build, checkpointing, metrics as metrics_lib, objective, optimizer, partitioning,
+                               startup, steps)
 from xformer_jax.train.preemption import PreemptionGuard
 from xformer_jax.train.state import TrainState, state_shardings
 from xformer_jax.train.step_metrics import PendingMetrics
@@ -47,6 +48,7 @@ class Trainer:
     state_shardings: Any
     step_fn: Callable
     loss_fn: Callable
+    weight_sources: dict = dataclasses.field(default_factory=dict)  # {component: where its weights came from}
 
     def global_batch(self, local: dict) -> dict:
         batch = dict(local)
@@ -133,14 +135,18 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     `devices` (default: all) are the devices the mesh spans, e.g. `jax.devices()[:1]`."""
     layout = model_layout(config, devices)
     rng = jax.random.key(config.seed)
-    pretrained = {}
+    pretrained, sources = {}, {}
     if load_pretrained:
         pretrained.update(build.pretrained_parts(config.model, layout.model_config, config.seed))
+        sources.update({name: startup.config_source(config.model, name) for name in pretrained})
         if config.get("init_from"):  # the stage-1 run's towers and Q-Former win over config.model's sources
             try:
-                pretrained.update(rundir.restore_params(config.init_from)[0])
+                restored, checkpoint = rundir.restore_params(config.init_from)
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"config.init_from={config.init_from!r}: {e}") from None
+            pretrained.update(restored)
+            sources.update({name: f"config.init_from={checkpoint.workdir} (step {checkpoint.step})"
+                            for name in restored})
     with jax.set_mesh(layout.mesh), nn.logical_axis_rules(layout.rules):
         params = partitioning.init_sharded(layout.init, layout.param_shardings, rng)
     params = build.merge_pretrained(params, pretrained)
@@ -149,7 +155,8 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     create, sharding, step_fn, loss_fn = state_and_step(config, layout, params)
     trainable, frozen = xformer.split_params(params, frozen_names)
     state = jax.jit(create, out_shardings=sharding)(trainable, frozen, rng)
-    return Trainer(config, layout.mesh, layout.model, state, sharding, step_fn, loss_fn)
+    sources = {name: sources.get(name, "random init") for name in params}
+    return Trainer(config, layout.mesh, layout.model, state, sharding, step_fn, loss_fn, sources)
 
 
 def host_metrics(local: dict) -> dict:
@@ -160,17 +167,27 @@ def host_metrics(local: dict) -> dict:
     return dict(zip(HOST_METRICS, values.tolist()))
 
 
+def check_paths(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """ValueError in one line naming the key, before any model is built or file written: the workdir's and
+    init_from's buckets are reachable (a local path needs nothing), every data path exists."""
+    storage.check_bucket(workdir, "workdir")
+    if config.get("init_from"):
+        storage.check_bucket(config.init_from, "config.init_from")
+    data_config.validate(config.data)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           eval_hook: Optional[Callable[[Trainer, TrainState], dict]] = None, metrics_lag: int = 1) -> TrainState:
     """Runs (or resumes) training to config.total_steps (or config.stop_after_steps more steps);
     returns the final state. `metrics_lag` 0 reads every step's metrics before dispatching the next
     (the host then waits on the device each step: for debugging, and benchmarks/loop_sync.py)."""
+    check_paths(config, workdir)
+    data_iter = pipeline.make_train_iterator(config)  # reads the data's index: bad data fails before the model
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
     rundir.write_config(build.with_checkpoint_fields(config, trainer.model.config), workdir)
     try:
-        data_iter = pipeline.make_train_iterator(config)
         state = trainer.state
         start = checkpoints.latest_step() or 0
         if start:
@@ -183,12 +200,21 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             logging.info("already at step %d of %d: nothing to do", start, config.total_steps)
         stop_after = config.get("stop_after_steps", 0)
         end = min(config.total_steps, start + stop_after) if stop_after else config.total_steps
+        examples = int(_sum_over_processes(data_iter.local_examples))
+        startup.say([startup.mesh_line(trainer.mesh), startup.params_line(state.params, state.frozen),
+                     *startup.sources_lines(trainer.weight_sources),
+                     startup.run_line(start, end, config.total_steps, config.batch_size, examples)])
+        local = next(data_iter) if end > start else None  # the first step's batch, which the compile reads
+        step_fn = compile_step(trainer, state, trainer.global_batch(local)) if local is not None else None
         last_log = (time.perf_counter(), start)
         pending = PendingMetrics(metrics_lag)
         with PreemptionGuard(poll_every=config.checkpoint.preemption_poll_every) as guard:
             for step in range(start + 1, end + 1):
-                local = next(data_iter)
-                state, step_metrics = trainer.step_fn(state, trainer.global_batch(local))
+                local = local if step == start + 1 else next(data_iter)
+                state, step_metrics = step_fn(state, trainer.global_batch(local))
+                if step == start + 1:
+                    jax.block_until_ready(step_metrics)
+                    startup.say(f"step {step} took {time.perf_counter() - last_log[0]:.2f} s")
                 pending.add(step, step_metrics)  # reads (and checks) the previous step's
                 log = step % config.log_every == 0 or step == config.total_steps
                 evaluate = eval_hook is not None and config.eval_every and step % config.eval_every == 0
@@ -219,6 +245,21 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         checkpoints.close()
         writer.close()
     return state
+
+
+def compile_step(trainer: Trainer, state: TrainState, batch: dict) -> Callable:
+    """The train step compiled ahead of time for `state` and `batch` (the compile time said when it ends)."""
+    startup.say("compiling the train step ...")
+    began = time.perf_counter()
+    compiled = trainer.step_fn.lower(state, batch).compile()
+    startup.say(f"compiled the train step in {time.perf_counter() - began:.1f} s")
+    return compiled
+
+
+def _sum_over_processes(value: float) -> float:
+    if jax.process_count() == 1:
+        return value
+    return float(np.asarray(multihost_utils.process_allgather(np.array(value, np.float64))).sum())
 
 
 def _all_processes(flag: bool) -> bool:

@@ -1,0 +1,87 @@
+"""A real GCS-compatible server for the object-storage tests: gcp-storage-emulator on 127.0.0.1 (a free
+port, in memory), reached by every client the standard way (STORAGE_EMULATOR_HOST for gcsfs and
+google-cloud-storage, TENSORSTORE_GCS_HTTP_URL for tensorstore under orbax).
+
+One gap of the emulator is filled: GCS sends an object's generation in the `x-goog-generation` header
+of every media download, and tensorstore's gcs driver reads it there (OCDBT, orbax's checkpoint format,
+rereads its manifest on the condition "generation has changed"); the emulator sends none, so run as a
+script (`python gcs_emulator.py PORT BUCKET`) this file starts the emulator with that header added.
+"""
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import portpicker
+
+
+def client_env(url: str) -> dict:
+    """The variables that send every GCS client of a process to the server at `url`. gcsfs's probe of a
+    bucket's type asks Google's storage-control API, which no emulator serves: it is switched off."""
+    return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+@contextlib.contextmanager
+def running(bucket: str, timeout: float = 60.0):
+    """Yields the server's URL while it serves `bucket`; this process's environment points at it meanwhile."""
+    port = portpicker.pick_unused_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(port), bucket],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = {key: os.environ.get(key) for key in client_env(url)}
+    try:
+        _wait_until_serving(url, bucket, proc, timeout)
+        os.environ.update(client_env(url))
+        yield url
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_until_serving(url: str, bucket: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gcp-storage-emulator exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (OSError, socket.timeout):
+            time.sleep(0.1)
+    raise RuntimeError(f"gcp-storage-emulator did not serve {url} within {timeout} s")
+
+
+def _serve(port: int, bucket: str) -> None:
+    """The emulator in memory on 127.0.0.1:port with `bucket`, its downloads carrying x-goog-generation."""
+    from gcp_storage_emulator.handlers import objects
+    emulator_download = objects.download
+
+    def download(request, response, storage, *args, **kwargs):
+        emulator_download(request, response, storage, *args, **kwargs)
+        if response.status.value in (200, 206):
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = obj["generation"]
+            response["x-goog-metageneration"] = obj["metageneration"]
+
+    objects.download = download  # before the server module builds its routes from it
+    from gcp_storage_emulator.server import create_server
+    logging.disable(logging.CRITICAL)
+    create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket).run()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), sys.argv[2])
