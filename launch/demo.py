@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from xformer_jax import plots, recipe, script_args
+from xformer_jax import plots, recipe, script_args, storage
 from xformer_jax.configs import demo as demo_config
 from xformer_jax.data import pipeline, synthetic
 from xformer_jax.eval import attributes, probes
@@ -230,8 +230,12 @@ def run_demo(stage1, stage2, workdir: str, budget: recipe.Budget) -> None:
 
 def main():
     parser = script_args.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", default="workdir/demo")
+    parser.add_argument("--workdir", default="workdir/demo", help="a local directory (the demo's caches, "
+                        "plots and synthetic data live on local disk)")
     args = parser.parse_args()
+    if storage.is_url(args.workdir):
+        parser.error(f"--workdir={args.workdir}: the demo runs in a local directory; a bucket is for "
+                     "launch/train.py runs")
     logging.getLogger().setLevel(logging.WARNING)
     run_demo(demo_config.get_config("stage1"), demo_config.get_config("stage2"), os.path.abspath(args.workdir),
              recipe.Budget())

@@ -92,6 +92,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from xformer_jax import storage  # noqa: E402
 from xformer_jax.configs import cli  # noqa: E402
 from xformer_jax.models import xformer  # noqa: E402
 from xformer_jax.plan import chips, flops as flop_count, targets  # noqa: E402
@@ -333,6 +334,7 @@ flags.DEFINE_float("hbm_gib", None, "Memory per chip the peak is compared with (
                    "target chip's, 32 for cpu.")
 flags.DEFINE_bool("fast_compile", True, "Skip LLVM optimisation of the (never run) CPU code; same figures, "
                   "faster compile.")
+flags.DEFINE_string("out", None, "Also write the JSON object to this file (local or gs://...).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -345,12 +347,16 @@ def main(argv):
         raise SystemExit(f"JAX sees {jax.device_count()} devices, not --devices={FLAGS.devices}: start the "
                          "script directly (it sets XLA_FLAGS before importing JAX)")
     try:
+        if FLAGS.out:
+            storage.check_bucket(FLAGS.out, "--out")
         devices = None if FLAGS.target == "cpu" else targets.devices(FLAGS.target, FLAGS.devices)
         result = plan(cli.checked(CONFIG.value), FLAGS.hbm_gib, FLAGS.fast_compile, FLAGS.target, devices)
     except ValueError as e:
         raise SystemExit(f"plan: {e}")
     print(table(result))
     print(json.dumps(result, sort_keys=True))
+    if FLAGS.out:
+        storage.write_json(FLAGS.out, result, indent=2)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def running(bucket: str, timeout: float = 60.0):
     try:
         _wait_until_serving(url, bucket, proc, timeout)
         os.environ.update(client_env(url))
+        _forget_clients()
         yield url
     finally:
         for key, value in saved.items():
@@ -43,12 +44,22 @@ def running(bucket: str, timeout: float = 60.0):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        _forget_clients()
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _forget_clients() -> None:
+    """Drops the GCS clients this process made: each read the server's address when it was made, and fsspec
+    and etils keep them for reuse, so a client of an earlier server would outlive it."""
+    import gcsfs
+    from etils.epath import backend
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    type(backend.fsspec_backend)._get_filesystem.cache_clear()
 
 
 def _wait_until_serving(url: str, bucket: str, proc: subprocess.Popen, timeout: float) -> None:

@@ -13,7 +13,9 @@ import transformers as T
 from flax import traverse_util
 from safetensors.torch import load_file, save_file
 
+import gcs_emulator
 import hf_models
+from xformer_jax import storage
 from xformer_jax.convert import SUPPORTED_ARCHITECTURES, CheckpointMismatch, from_hf
 from xformer_jax.convert import safetensors_io
 
@@ -30,16 +32,28 @@ def forward(module, params, size=32, seed=0):
     return np.asarray(module.apply({"params": params}, pixel_values=x)["last_hidden_state"]), x
 
 
+def assert_same_params(a, b):
+    a, b = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
+
+
 def test_sharded_checkpoint_equals_single_file(eva_dir, tmp_path):
     reference = T.Blip2VisionModel.from_pretrained(eva_dir)
     reference.save_pretrained(tmp_path, max_shard_size="20KB")
     assert os.path.exists(tmp_path / safetensors_io.INDEX_FILE)
     assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) > 1
-    single, sharded = from_hf(eva_dir)[1], from_hf(str(tmp_path))[1]
-    a, b = traverse_util.flatten_dict(single), traverse_util.flatten_dict(sharded)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
+    assert_same_params(from_hf(eva_dir)[1], from_hf(str(tmp_path))[1])
+
+
+def test_a_sharded_checkpoint_in_a_bucket_equals_the_one_on_disk(eva_dir, tmp_path):
+    """save_pretrained's sharded layout copied into a GCS-compatible server on 127.0.0.1, read through gs://."""
+    T.Blip2VisionModel.from_pretrained(eva_dir).save_pretrained(tmp_path, max_shard_size="20KB")
+    with gcs_emulator.running("checkpoints"):
+        for name in os.listdir(tmp_path):
+            storage.copy(str(tmp_path / name), f"gs://checkpoints/eva/{name}")
+        assert_same_params(from_hf(str(tmp_path))[1], from_hf("gs://checkpoints/eva")[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -15,6 +15,8 @@ import pytest
 from jax.sharding import PartitionSpec
 from PIL import Image
 
+import gcs_emulator
+from xformer_jax import storage
 from xformer_jax.data import (QFormerTokenizer, default_data_config, make_eval_dataset, make_train_iterator,
                               to_global_batch)
 from xformer_jax.data.config import flip_enabled
@@ -399,3 +401,18 @@ def test_image_ids_are_namespaced_per_source_so_equal_numbers_from_two_sources_d
     shards = open_source(make_config(kind="webdataset", path=pattern).data, True, 0, 1)
     assert len(shards) == 2 and shards[0].image_id != shards[1].image_id
     assert expand_pattern(pattern) == [f"{tmp_path}/cc3m.tar", f"{tmp_path}/cc12m.tar"]
+
+
+def test_webdataset_shards_in_a_bucket_give_the_batches_and_skips_of_the_same_shards_on_disk(shards):
+    """The shards (a truncated one, one that is not a tar, a missing one) copied into a GCS-compatible server
+    on 127.0.0.1: indexing, ranged reads and skip counting as on local disk; brace ranges and globs expand."""
+    with gcs_emulator.running("shards"):
+        for path in sorted(shards["root"].glob("*.tar")):
+            storage.copy(str(path), f"gs://shards/wds/{path.name}")
+        assert expand_pattern("gs://shards/wds/0000[0-1].tar") == expand_pattern("gs://shards/wds/{00000..00001}.tar")
+        local = take(make_train_iterator(make_config(kind="webdataset", path=shards["pattern"]),
+                                         process_index=0, process_count=1), 8)
+        remote = take(make_train_iterator(make_config(kind="webdataset", path="gs://shards/wds/{00000..00005}.tar"),
+                                          process_index=0, process_count=1), 8)
+        assert_batches_equal(local, remote)
+        assert int(remote[-1]["data/skipped_shards"]) == 3

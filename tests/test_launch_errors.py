@@ -28,6 +28,10 @@ MISTAKES = {  # (args) -> what the one line must say
                            "--config.batch_sise=8", "config has no key 'batch_sise'; did you mean config.batch_size?"),
     "train: no config file": (f"launch/train.py --config=configs/nope.py --workdir={MISSING}",
                               "--config=configs/nope.py: configs/nope.py is not a config file"),
+    "train: synthetic data in a bucket": (f"launch/train.py --config=configs/demo.py:stage1 --workdir={MISSING} "
+                                          "--config.data.path=gs://b/scenes",
+                                          "config.data.path=gs://b/scenes: the synthetic dataset is written to local disk"),
+    "demo: bucket workdir": ("launch/demo.py --workdir=gs://b/demo", "--workdir=gs://b/demo: the demo runs in a local"),
     "plan: unknown variant": ("launch/plan.py --config=configs/paper.py:stage9", "configs/paper.py:stage9: unknown"),
     "plan: wrong type": ("launch/plan.py --config=configs/demo.py:stage1 --devices=many",
                          "--devices='many' must be a positive integer"),

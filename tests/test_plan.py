@@ -32,11 +32,12 @@ def test_plan_names_an_unknown_override_key():
             "config.model.fusion.layer_norm_eps?") in proc.stderr
 
 
-def test_plan_prints_memory_and_flops_for_a_simulated_mesh():
-    proc = _plan("--devices=8", "--config.mesh.data=4", "--config.mesh.fsdp=2", *SHRINK)
+def test_plan_prints_memory_and_flops_for_a_simulated_mesh(tmp_path):
+    proc = _plan("--devices=8", "--config.mesh.data=4", "--config.mesh.fsdp=2", f"--out={tmp_path}/plan.json", *SHRINK)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
+    assert json.loads((tmp_path / "plan.json").read_text()) == result
     assert result["devices"] == 8 and result["mesh"] == {"data": 4, "fsdp": 2, "tensor": 1}
     assert result["batch_per_device"] == 2
     assert result["flops_per_device"] > 0 and result["flops_total"] == pytest.approx(8 * result["flops_per_device"])

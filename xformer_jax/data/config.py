@@ -67,6 +67,9 @@ def validate(data: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.kind={data.kind!r} is not one of {KINDS}")
     if not data.path:
         raise ValueError(f"config.data.path is empty (data.kind={data.kind!r} needs it)")
+    if data.kind == "synthetic" and storage.is_url(data.path):
+        raise ValueError(f"config.data.path={data.path}: the synthetic dataset is written to local disk; give a "
+                         "local path (a copy in a bucket is read with data.kind='json')")
     if data.kind == "json":
         for path in data.path.split("::"):
             _must_exist("path", path)
