@@ -1,4 +1,5 @@
-"""scan_layers (one lax.scan over identical layers) and named remat policies give the unrolled numbers."""
+"""scan_layers (one lax.scan over identical layers, or over the Q-Former's periods of layers) and named remat
+policies give the unrolled numbers."""
 import dataclasses
 
 import jax
@@ -6,7 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xformer_jax.models import layers, mae, opt, vit
+import flax.linen as nn
+from flax import traverse_util
+
+from test_qformer import IDS as QF_IDS, MASK as QF_MASK, passes
+from xformer_jax.models import layers, mae, opt, qformer, vit
 
 VIT = vit.VisionConfig(kind="eva", hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
                        image_size=16, patch_size=8, hidden_act="gelu", feature_layer=-2)
@@ -64,6 +69,52 @@ def test_opt_scan_matches_and_generation_keeps_the_cache_path():
     cache = scanned.init_cache(2, 12)
     out = scanned.apply({"params": params}, IDS, MASK, cache=cache)
     _close(out["logits"], logits(plain, params))
+
+
+# 8 layers, cross-attention in every second: the ITM pass (first layer shared by pairs, last layer cut) scans
+# layers 2-5, the other passes all 8 or 0-5 (the ITG pass reads the cached keys / values of every layer).
+QFORMER = qformer.QFormerConfig(vocab_size=60, hidden_size=32, num_hidden_layers=8, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=16, encoder_width=24,
+                                num_query_tokens=4, embed_dim=16, cross_attention_freq=2)
+
+
+def test_qformer_scan_matches_every_pass_and_its_gradients():
+    """Every pass of tests/test_qformer.py (ITC, ITM with pairs sharing inputs, ITG joint and cached), and the
+    gradient of the ITM and cached-ITG passes, scanned (with and without remat) against unrolled."""
+    plain = qformer.QFormer(QFORMER)
+    image = np.random.default_rng(2).normal(size=(2, 7, 24)).astype(np.float32)
+    inputs = (QF_IDS, QF_MASK, image, np.array([[1] * 7, [1] * 5 + [0] * 2], np.int32))
+    params = nn.unbox(plain.init(jax.random.key(0), input_ids=QF_IDS, image_feats=image)["params"])
+    run = lambda m: jax.jit(lambda p, *a: passes(m, p, *a))  # noqa: E731
+    loss = lambda m: lambda p, *a: sum(  # noqa: E731
+        jnp.sum(jnp.square(out[k])) for out in [passes(m, p, *a)] for k in ("itm_shared_text", "itg_states_cut"))
+    grad = lambda m: traverse_util.flatten_dict(jax.jit(jax.grad(loss(m)))(params, *inputs))  # noqa: E731
+    want, want_grad = run(plain)(params, *inputs), grad(plain)
+    for remat in (False, "nothing_saveable"):
+        scanned = qformer.QFormer(_scanned(QFORMER, remat))
+        assert jax.tree.structure(nn.unbox(scanned.init(jax.random.key(0), input_ids=QF_IDS, image_feats=image)
+                                           ["params"])) == jax.tree.structure(params)
+        _close(run(scanned)(params, *inputs), want)
+        got_grad = grad(scanned)
+        # float32 summation order: within 1e-4 of the largest gradient entry (some leaves, e.g. the position
+        # embeddings behind a LayerNorm, are pure cancellation, ~1e-5, and differ at that scale under remat)
+        scale = max(float(np.abs(g).max()) for g in want_grad.values())
+        for key in want_grad:
+            np.testing.assert_allclose(got_grad[key], want_grad[key], rtol=0, atol=1e-4 * scale, err_msg=f"{remat} {key}")
+
+
+def test_qformer_scan_draws_a_dropout_mask_per_layer():
+    config = _scanned(dataclasses.replace(QFORMER, hidden_dropout_prob=0.3))
+    model = qformer.QFormer(config)
+    image = np.random.default_rng(2).normal(size=(2, 7, 24)).astype(np.float32)
+    params = model.init(jax.random.key(0), input_ids=QF_IDS, image_feats=image)["params"]
+    run = lambda key: model.apply({"params": params}, image, rngs={"dropout": key},  # noqa: E731
+                                  method=model.encode_image_queries)
+    first, again, other = run(jax.random.key(1)), run(jax.random.key(1)), run(jax.random.key(2))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(np.asarray(first) - np.asarray(other)).max() > 1e-3
+    quiet = model.apply({"params": params}, image, method=model.encode_image_queries)  # no rng: no dropout
+    assert np.abs(np.asarray(quiet) - np.asarray(first)).max() > 1e-3
 
 
 def test_remat_policy_names_are_checked():

@@ -89,6 +89,10 @@ class QFormerConfig:
     attention_probs_dropout_prob: float = 0.0
     dtype: Any = jnp.float32
     remat: layers.Remat = False  # or a policy name (layers.REMAT_POLICIES)
+    # The layers as one lax.scan over periods of cross_attention_freq layers (one with cross-attention,
+    # the rest without): the same params and numbers as the unrolled stack, one compiled period instead
+    # of num_hidden_layers layers per pass (QFormerEncoder.run says which layers stay unrolled).
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -317,7 +321,16 @@ class QFormerEncoder(nn.Module):
                            layers.layer_norm(c.layer_norm_eps, "layernorm")(embeds).astype(c.dtype))
         layer_cls = layers.remat_module(QFormerLayer, c.remat, static_argnums=(3, 8))
         states, cache = [x if input_index is None else batch_rows.take_rows(x, input_index)], []
-        for i in range(c.num_hidden_layers):
+        scanned = self._scanned_layers(fuse is None, input_index is not None, last_rows is not None)
+        i = 0
+        while i < c.num_hidden_layers:
+            if scanned and i == scanned.start:
+                x, scan_states, scan_cache = self._scan(scanned, x, bias, query_length, memory, memory_bias,
+                                                        past_kv, memory_index)
+                states += scan_states
+                cache += scan_cache
+                i = scanned.stop
+                continue
             rows = last_rows if i == c.num_hidden_layers - 1 else None
             row_index = input_index if i == 0 else None
             x, kv = layer_cls(c, c.has_cross_attention(i), name=f"layer_{i}")(
@@ -330,7 +343,54 @@ class QFormerEncoder(nn.Module):
                 x = jnp.concatenate([queries.astype(x.dtype), x[:, query_length:]], axis=1)
             states.append(x)
             cache.append(kv)
+            i += 1
         return EncoderOutput(x, tuple(states), tuple(cache), carry)
+
+    def _scanned_layers(self, no_hook: bool, first_is_special: bool, last_is_special: bool) -> range:
+        """The layers `run` scans (an empty range: none): whole periods of cross_attention_freq layers, each
+        starting with a cross-attention layer, at least two of them. A layer that differs from its period's
+        twins stays unrolled: the first when its inputs are shared by pairs (input_index), the last when it
+        computes fewer rows (last_rows); a fuse hook (per-layer fusion) keeps every layer unrolled."""
+        c = self.config
+        if not (c.scan_layers and no_hook) or self.is_initializing():
+            return range(0)
+        period = c.cross_attention_freq
+        start = -(-int(first_is_special) // period) * period
+        count = (c.num_hidden_layers - int(last_is_special) - start) // period
+        return range(start, start + count * period) if count >= 2 else range(0)
+
+    def _scan(self, scanned: range, x, bias, query_length: int, memory, memory_bias, past_kv, memory_index):
+        """Layers `scanned` as one lax.scan over their periods, each period's layers applied in order with
+        their own params (stacked from layer_{i}, as layers.scan_blocks stacks a tower's blocks) and, when
+        the pass has a "dropout" rng, a dropout key of their own. Returns (x, per-layer states, per-layer
+        (keys, values))."""
+        c = self.config
+        period = c.cross_attention_freq
+        starts = list(range(scanned.start, scanned.stop, period))
+        params = self.variables["params"]
+        templates = [QFormerLayer(c, c.has_cross_attention(j), parent=None) for j in range(period)]
+        stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
+        xs = {"params": [stack([params[f"layer_{s + j}"] for s in starts]) for j in range(period)]}
+        if past_kv is not None:
+            xs["past_kv"] = [stack([past_kv[s + j] for s in starts]) for j in range(period)]
+        if self.has_rng("dropout"):
+            xs["dropout"] = jax.random.split(self.make_rng("dropout"), (len(starts), period))
+
+        def body(carry, step):
+            outputs = []
+            for j, template in enumerate(templates):
+                rngs = {"dropout": step["dropout"][j]} if "dropout" in step else {}
+                carry, kv = template.apply({"params": step["params"][j]}, carry, bias, query_length, memory,
+                                           memory_bias, step["past_kv"][j] if "past_kv" in step else None,
+                                           memory_index, rngs=rngs)
+                outputs.append((carry, kv))
+            return carry, outputs
+
+        if c.remat:
+            body = jax.checkpoint(body, policy=layers.checkpoint_policy(c.remat), prevent_cse=False)
+        x, outputs = jax.lax.scan(body, x, xs)
+        per_layer = [jax.tree.map(lambda leaf: leaf[n], outputs[j]) for n in range(len(starts)) for j in range(period)]
+        return x, [state for state, _ in per_layer], [kv for _, kv in per_layer]
 
     def __call__(self, query_embeds, query_length: Optional[int] = None, attention_mask=None,
                  encoder_hidden_states=None, encoder_attention_mask=None, output_hidden_states: bool = False):
