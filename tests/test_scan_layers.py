@@ -10,7 +10,7 @@ import pytest
 import flax.linen as nn
 from flax import traverse_util
 
-from test_qformer import IDS as QF_IDS, MASK as QF_MASK, passes
+from test_qformer import IDS as QF_IDS, MASK as QF_MASK
 from xformer_jax.models import layers, mae, opt, qformer, vit
 
 VIT = vit.VisionConfig(kind="eva", hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
@@ -71,27 +71,45 @@ def test_opt_scan_matches_and_generation_keeps_the_cache_path():
     _close(out["logits"], logits(plain, params))
 
 
-# 8 layers, cross-attention in every second: the ITM pass (first layer shared by pairs, last layer cut) scans
-# layers 2-5, the other passes all 8 or 0-5 (the ITG pass reads the cached keys / values of every layer).
-QFORMER = qformer.QFormerConfig(vocab_size=60, hidden_size=32, num_hidden_layers=8, num_attention_heads=4,
+# Cross-attention in every second layer: 4 layers scan as 2 pairs in every pass (the ITM pass's first layer
+# then runs per pair, the last layers of the ITC text, ITM and ITG passes compute every row); 5 layers scan
+# 2 pairs and leave the 5th unrolled (with its cut rows).
+QFORMER = qformer.QFormerConfig(vocab_size=60, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                                 intermediate_size=64, max_position_embeddings=16, encoder_width=24,
                                 num_query_tokens=4, embed_dim=16, cross_attention_freq=2)
 
 
-def test_qformer_scan_matches_every_pass_and_its_gradients():
-    """Every pass of tests/test_qformer.py (ITC, ITM with pairs sharing inputs, ITG joint and cached), and the
-    gradient of the ITM and cached-ITG passes, scanned (with and without remat) against unrolled."""
-    plain = qformer.QFormer(QFORMER)
+def qformer_passes(module, params, ids, mask, image, image_mask):
+    """The Q-Former passes of the stage-1 step: image queries (ITC, with the cache ITG reads), the text's [CLS]
+    (ITC, last layer cut to one row), ITM pairs sharing images and texts (first layer per text, last layer
+    cut to the queries) and ITG over the cached query keys / values (last layer cut)."""
+    def call(method, *args, **kwargs):
+        return module.apply({"params": params}, *args, method=getattr(module, method), **kwargs)
+
+    queries, cache = call("encode_image_queries", image, image_mask, return_cache=True)
+    pair_image, pair_text = jnp.array([1, 0, 1, 0]), jnp.array([0, 0, 1, 1])
+    return dict(queries=queries, cache=cache, text_cls=call("encode_text", ids, mask, positions=1),
+                itm=call("joint_pass", image, ids, mask, image_mask, image_index=pair_image, text_index=pair_text,
+                         queries_only=True).last,
+                itg=call("decoder_hidden", ids, mask, query_cache=cache, positions=ids.shape[1] - 1))
+
+
+@pytest.mark.parametrize("num_layers, remats", [(4, (False, "nothing_saveable")), (5, (False,))])
+def test_qformer_scan_matches_every_pass_and_its_gradients(num_layers, remats):
+    """The stage-1 step's Q-Former passes and their gradients, scanned (with and without remat) against unrolled
+    (every pass of tests/test_qformer.py runs through the same QFormerEncoder.run)."""
+    config = dataclasses.replace(QFORMER, num_hidden_layers=num_layers)
+    plain = qformer.QFormer(config)
     image = np.random.default_rng(2).normal(size=(2, 7, 24)).astype(np.float32)
     inputs = (QF_IDS, QF_MASK, image, np.array([[1] * 7, [1] * 5 + [0] * 2], np.int32))
     params = nn.unbox(plain.init(jax.random.key(0), input_ids=QF_IDS, image_feats=image)["params"])
-    run = lambda m: jax.jit(lambda p, *a: passes(m, p, *a))  # noqa: E731
+    run = lambda m: jax.jit(lambda p, *a: qformer_passes(m, p, *a))  # noqa: E731
     loss = lambda m: lambda p, *a: sum(  # noqa: E731
-        jnp.sum(jnp.square(out[k])) for out in [passes(m, p, *a)] for k in ("itm_shared_text", "itg_states_cut"))
+        jnp.sum(jnp.square(out[k])) for out in [qformer_passes(m, p, *a)] for k in ("text_cls", "itm", "itg"))
     grad = lambda m: traverse_util.flatten_dict(jax.jit(jax.grad(loss(m)))(params, *inputs))  # noqa: E731
     want, want_grad = run(plain)(params, *inputs), grad(plain)
-    for remat in (False, "nothing_saveable"):
-        scanned = qformer.QFormer(_scanned(QFORMER, remat))
+    for remat in remats:
+        scanned = qformer.QFormer(_scanned(config, remat))
         assert jax.tree.structure(nn.unbox(scanned.init(jax.random.key(0), input_ids=QF_IDS, image_feats=image)
                                            ["params"])) == jax.tree.structure(params)
         _close(run(scanned)(params, *inputs), want)

@@ -21,6 +21,8 @@ and `TENSORSTORE_GCS_HTTP_URL` (tensorstore, under orbax).
 from __future__ import annotations
 
 import contextlib
+import glob as glob_lib
+import io
 import json
 import os
 import posixpath
@@ -28,6 +30,7 @@ import re
 import socket
 import tempfile
 import urllib.parse
+import uuid
 from typing import IO, Any, Iterable, Iterator, Optional, Union
 
 import fsspec
@@ -55,8 +58,8 @@ def join(path: Union[str, os.PathLike], *names: str) -> str:
 
 
 def dirname(path: Union[str, os.PathLike]) -> str:
-    path = os.fspath(path).rstrip("/") if is_url(path) else os.fspath(path)
-    return posixpath.dirname(path) if is_url(path) else os.path.dirname(path)
+    path = os.fspath(path)
+    return posixpath.dirname(path.rstrip("/")) if is_url(path) else os.path.dirname(path)
 
 
 def basename(path: Union[str, os.PathLike]) -> str:
@@ -90,7 +93,6 @@ def glob(pattern: str) -> list[str]:
     if is_url(pattern):
         fs, _ = fsspec.core.url_to_fs(pattern)
         return sorted(fs.unstrip_protocol(p) for p in fs.glob(pattern))
-    import glob as glob_lib
     return sorted(glob_lib.glob(pattern))
 
 
@@ -158,9 +160,10 @@ def writer(path) -> Iterator[IO[bytes]]:
     remote = is_url(path)
     directory = tempfile.gettempdir() if remote else os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    # A unique name beside the target, opened as open() would (mkstemp's files would be private, 0600).
+    tmp = os.path.join(directory, f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with io.open(tmp, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -321,12 +321,19 @@ class QFormerEncoder(nn.Module):
                            layers.layer_norm(c.layer_norm_eps, "layernorm")(embeds).astype(c.dtype))
         layer_cls = layers.remat_module(QFormerLayer, c.remat, static_argnums=(3, 8))
         states, cache = [x if input_index is None else batch_rows.take_rows(x, input_index)], []
-        scanned = self._scanned_layers(fuse is None, input_index is not None, last_rows is not None)
+        scanned = self._scanned_layers(fuse is None)
         i = 0
         while i < c.num_hidden_layers:
             if scanned and i == scanned.start:
+                if input_index is not None:  # the scan runs layer 0 per pair too: one body for every layer
+                    x = states[0]
+                    bias = bias if bias is None or bias.shape[0] == 1 else batch_rows.take_rows(bias, input_index)
+                    input_index = None
                 x, scan_states, scan_cache = self._scan(scanned, x, bias, query_length, memory, memory_bias,
                                                         past_kv, memory_index)
+                if last_rows is not None and scanned.stop == c.num_hidden_layers:  # all rows ran: keep those read
+                    x = x[:, :last_rows]
+                    scan_states[-1] = x
                 states += scan_states
                 cache += scan_cache
                 i = scanned.stop
@@ -346,18 +353,19 @@ class QFormerEncoder(nn.Module):
             i += 1
         return EncoderOutput(x, tuple(states), tuple(cache), carry)
 
-    def _scanned_layers(self, no_hook: bool, first_is_special: bool, last_is_special: bool) -> range:
-        """The layers `run` scans (an empty range: none): whole periods of cross_attention_freq layers, each
-        starting with a cross-attention layer, at least two of them. A layer that differs from its period's
-        twins stays unrolled: the first when its inputs are shared by pairs (input_index), the last when it
-        computes fewer rows (last_rows); a fuse hook (per-layer fusion) keeps every layer unrolled."""
+    def _scanned_layers(self, no_hook: bool) -> range:
+        """The layers `run` scans (an empty range: none): the whole periods of cross_attention_freq layers from
+        layer 0 (each starts with a cross-attention layer), at least two of them; layers past the last whole
+        period stay unrolled, and so does every layer when a fuse hook (per-layer fusion) runs between them.
+        Inside the scan every layer is alike: a pass whose first layer's inputs are shared by pairs
+        (input_index) runs that layer per pair, and one that reads fewer rows of the last layer (last_rows)
+        computes all of them and keeps those: the same values, a little more work, one compiled body."""
         c = self.config
         if not (c.scan_layers and no_hook) or self.is_initializing():
             return range(0)
         period = c.cross_attention_freq
-        start = -(-int(first_is_special) // period) * period
-        count = (c.num_hidden_layers - int(last_is_special) - start) // period
-        return range(start, start + count * period) if count >= 2 else range(0)
+        count = c.num_hidden_layers // period
+        return range(0, count * period) if count >= 2 else range(0)
 
     def _scan(self, scanned: range, x, bias, query_length: int, memory, memory_bias, past_kv, memory_index):
         """Layers `scanned` as one lax.scan over their periods, each period's layers applied in order with
