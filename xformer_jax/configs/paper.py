@@ -79,13 +79,18 @@ def _stage1() -> ml_collections.ConfigDict:
     # Q-Former = BERT-base with [DEC] (vocab 30523), 32 queries, cross-attention every 2nd layer, BERT's
     # dropout 0.1 on attention probabilities and hidden states (LAVIS trains it so in both stages). Its
     # layers run as a lax.scan over pairs (one with cross-attention, one without; scan_layers): each of its
-    # passes compiles one pair instead of 12 layers (README "Memory plan": compile times).
+    # passes compiles one pair instead of 12 layers, which halves the stage-1 compile. Under the scan the
+    # compilers keep every pair's activations for the backward pass (peak 72 GiB per v5p chip, 39 per
+    # A100, against 25 and 19 unrolled), so each pair is recomputed in the backward pass instead
+    # (nothing_saveable: +8% matmul FLOPs per step, peak 25 and 16 GiB). Where memory allows,
+    # --config.model.qformer.remat=dots_with_no_batch_dims_saveable keeps the projections (+0.1% FLOPs;
+    # 40 and 22 GiB). README "Memory plan" has the measurements.
     config.model.qformer.update(
         bert_dir="",  # e.g. /ckpt/bert-base-uncased (save_pretrained dir of bert-base-uncased)
         vocab_size=30523, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
         max_position_embeddings=512, dec_token_id=30522, cross_attention_freq=2, encoder_width=1408,
-        num_query_tokens=32, embed_dim=256, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, remat=False,
-        scan_layers=True)
+        num_query_tokens=32, embed_dim=256, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        remat="nothing_saveable", scan_layers=True)
     config.model.fusion.update(kind="xformer", placement="after_qformer", mask_ratio=0.5, query_heads=12,
                                mae_heads=16, intermediate_size=3072)
 
