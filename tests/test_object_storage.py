@@ -96,9 +96,12 @@ def local(gcs, tmp_path_factory):
     return {"root": root, "data": paths["root"], "tokenizer": tokenizer}
 
 
+EVAL_EVERY = 4  # held-out losses from the bucket's eval file once per invocation (engine_config: every 2)
+
+
 def train_command(workdir: str, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "launch" / "train.py"), f"--config={REPO}/tests/engine_config.py:unused",
-            f"--workdir={workdir}", *flags(json_data(DATA)), *extra]
+            f"--workdir={workdir}", *flags(json_data(DATA)), f"--config.eval_every={EVAL_EVERY}", *extra]
 
 
 def launch(command, cwd):
@@ -130,12 +133,12 @@ def bucket_run(local, cwd):
 
 
 @pytest.fixture(scope="module")
-def reference(local, cwd):
-    """The uninterrupted run of the same config on the same files on local disk, long enough to cover the
-    bucket run however far its killed invocation got."""
+def reference(local, bucket_run):
+    """The uninterrupted run of the same config on the same files on local disk, as far as the bucket run got."""
     config = engine_config.get_config("unused")
     config.data.update(json_data(local["data"]))
-    config.stop_after_steps = 3 * STEPS_PER_INVOCATION
+    config.eval_every = EVAL_EVERY
+    config.stop_after_steps = train_steps(read_records(RUN))[-1]
     workdir = str(local["root"] / "reference")
     loop.train(config, workdir, eval_hook=loop.eval_losses(config, config.eval_batches))
     return read_records(workdir)

@@ -102,9 +102,9 @@ def _stage1() -> ml_collections.ConfigDict:
     config.optim.update(lr=1e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=5000, b1=0.9, b2=0.98,
                         weight_decay=0.05, grad_clip=0.0, accum_steps=1)
     # Pure FSDP over every device: params, grads and AdamW moments are split along "embed". Fits 16
-    # A100-40GB (19.0 GiB per GPU at 105 examples, by the GPU compiler) and TPU v5e-64 (16 GiB chips:
-    # 9.9 GiB at 26 per chip, by libtpu), since the ITM pairs' rows are picked by models/batch_rows.py
-    # (README "Memory plan").
+    # A100-40GB (16.0 GiB per GPU at 105 examples, by the GPU compiler; 19.0 with the Q-Former unrolled)
+    # and TPU v5e-64 (16 GiB chips: 9.9 GiB at 26 per chip with the Q-Former unrolled, by libtpu), since the
+    # ITM pairs' rows are picked by models/batch_rows.py (README "Memory plan").
     config.mesh.update(data=1, fsdp=-1, tensor=1)
     config.checkpoint.async_save = True
     return config
