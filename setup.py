@@ -21,6 +21,7 @@ setup(
         "numpy>=2.0",
         "pillow>=10.0",
         "tokenizers>=0.23",
+        "transformers>=5.24.0",  # AutoTokenizer for the LLM's tokenizer directory (no torch needed)
         "tensorboardX>=2.6",
         "absl-py>=2.0",
         "matplotlib>=3.10",  # the demo's pictures (imported by xformer_jax.plots only)

