@@ -96,7 +96,7 @@ from xformer_jax import storage  # noqa: E402
 from xformer_jax.configs import cli  # noqa: E402
 from xformer_jax.models import xformer  # noqa: E402
 from xformer_jax.plan import chips, flops as flop_count, targets  # noqa: E402
-from xformer_jax.train import loop, partitioning  # noqa: E402
+from xformer_jax.train import loop, partitioning, run_length  # noqa: E402
 
 GIB = 1024 ** 3
 HEADROOM = 0.9  # plan peaks at <= 90% of HBM: workspaces and the allocator's reserve are not in the estimate
@@ -215,6 +215,9 @@ def plan(config: ml_collections.ConfigDict, hbm_gib: Optional[float] = None, fas
     the simulated CPU mesh); returns the figures as a JSON-able dict."""
     chip = None if target == "cpu" else chips.chip(target)
     hbm_gib = hbm_gib or (chip.hbm_gib if chip else 32.0)
+    if config.total_steps is None:  # set by the data at a run's start; the compiled step is the same for any
+        config = config.copy_and_resolve_references()
+        config.total_steps = run_length.total_steps(config, config.get("dataset_size") or config.batch_size)
     t0 = time.perf_counter()
     trainer = abstract_trainer(config, devices)
     t1 = time.perf_counter()

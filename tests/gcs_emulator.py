@@ -2,21 +2,29 @@
 port, in memory), reached by every client the standard way (STORAGE_EMULATOR_HOST for gcsfs and
 google-cloud-storage, TENSORSTORE_GCS_HTTP_URL for tensorstore under orbax).
 
+One server per test process, started on first use and stopped when the process exits: a data iterator's
+read-ahead threads may still be finishing a read after its test ends, and against a stopped server each
+such read would retry for half a minute. Each test module uses a bucket of its own.
+
 One gap of the emulator is filled: GCS sends an object's generation in the `x-goog-generation` header
 of every media download, and tensorstore's gcs driver reads it there (OCDBT, orbax's checkpoint format,
 rereads its manifest on the condition "generation has changed"); the emulator sends none, so run as a
-script (`python gcs_emulator.py PORT BUCKET`) this file starts the emulator with that header added.
+script (`python gcs_emulator.py PORT`) this file starts the emulator with that header added.
 """
+import atexit
 import contextlib
+import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import portpicker
+
+_SERVER = {}  # "url", "proc" of this process's server
 
 
 def client_env(url: str) -> dict:
@@ -26,17 +34,14 @@ def client_env(url: str) -> dict:
 
 
 @contextlib.contextmanager
-def running(bucket: str, timeout: float = 60.0):
-    """Yields the server's URL while it serves `bucket`; this process's environment points at it meanwhile."""
-    port = portpicker.pick_unused_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(port), bucket],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def running(bucket: str):
+    """Yields the server's URL with `bucket` created; this process's environment points at it meanwhile."""
+    url = _server()
+    _create_bucket(url, bucket)
     saved = {key: os.environ.get(key) for key in client_env(url)}
+    os.environ.update(client_env(url))
+    _forget_clients()
     try:
-        _wait_until_serving(url, bucket, proc, timeout)
-        os.environ.update(client_env(url))
-        _forget_clients()
         yield url
     finally:
         for key, value in saved.items():
@@ -45,39 +50,60 @@ def running(bucket: str, timeout: float = 60.0):
             else:
                 os.environ[key] = value
         _forget_clients()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+
+
+def _server(timeout: float = 60.0) -> str:
+    if "url" not in _SERVER:
+        port = portpicker.pick_unused_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(_stop, proc)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"gcp-storage-emulator exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gcp-storage-emulator did not serve {url} within {timeout} s") from None
+                time.sleep(0.1)
+        _SERVER.update(url=url, proc=proc)
+    return _SERVER["url"]
+
+
+def _create_bucket(url: str, bucket: str) -> None:
+    request = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=json.dumps({"name": bucket}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as e:
+        if e.code != 409:  # 409: it exists already
+            raise
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _forget_clients() -> None:
     """Drops the GCS clients this process made: each read the server's address when it was made, and fsspec
-    and etils keep them for reuse, so a client of an earlier server would outlive it."""
+    and etils keep them for reuse, so a client of an earlier address would outlive it."""
     import gcsfs
     from etils.epath import backend
     gcsfs.GCSFileSystem.clear_instance_cache()
     type(backend.fsspec_backend)._get_filesystem.cache_clear()
 
 
-def _wait_until_serving(url: str, bucket: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gcp-storage-emulator exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (OSError, socket.timeout):
-            time.sleep(0.1)
-    raise RuntimeError(f"gcp-storage-emulator did not serve {url} within {timeout} s")
-
-
-def _serve(port: int, bucket: str) -> None:
-    """The emulator in memory on 127.0.0.1:port with `bucket`, its downloads carrying x-goog-generation."""
+def _serve(port: int) -> None:
+    """The emulator in memory on 127.0.0.1:port, its downloads carrying x-goog-generation."""
     from gcp_storage_emulator.handlers import objects
     emulator_download = objects.download
 
@@ -91,8 +117,8 @@ def _serve(port: int, bucket: str) -> None:
     objects.download = download  # before the server module builds its routes from it
     from gcp_storage_emulator.server import create_server
     logging.disable(logging.CRITICAL)
-    create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket).run()
+    create_server("127.0.0.1", port, in_memory=True).run()
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]), sys.argv[2])
+    _serve(int(sys.argv[1]))

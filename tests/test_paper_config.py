@@ -4,30 +4,44 @@ import math
 import pytest
 
 from xformer_jax.configs import paper
+from xformer_jax.train import run_length
 
 
 @pytest.mark.parametrize("variant, epochs", [("stage1", 9), ("stage1_blip2", 9), ("stage2_opt2.7b", 1),
                                              ("stage2_opt6.7b", 1)])
-def test_each_paper_config_trains_its_own_number_of_epochs(variant, epochs):
+def test_each_paper_config_trains_its_own_number_of_epochs_over_the_counted_pairs(variant, epochs, tmp_path):
     config = paper.get_config(variant)
-    assert config.epochs == epochs and config.dataset_size == paper.NUM_PAIRS
-    assert config.total_steps == math.ceil(epochs * paper.NUM_PAIRS / config.batch_size)
-    assert config.total_steps > config.optim.warmup_steps
+    assert config.epochs == epochs and config.dataset_size is None and config.total_steps is None
+    steps = run_length.total_steps(config, paper.NUM_PAIRS)
+    assert steps == math.ceil(epochs * paper.NUM_PAIRS / config.batch_size) and steps > config.optim.warmup_steps
+    assert run_length.with_total_steps(config, str(tmp_path), paper.NUM_PAIRS)[0].total_steps == steps
 
 
 def test_stage2_is_one_epoch_not_stage_one_length():
-    assert paper.get_config("stage2_opt6.7b").total_steps == 7292  # 14M pairs / 1920, the paper's one epoch
-    assert paper.get_config("stage1").total_steps == 75000
+    assert run_length.total_steps(paper.get_config("stage2_opt6.7b"), paper.NUM_PAIRS) == 7292  # the paper's
+    assert run_length.total_steps(paper.get_config("stage1"), paper.NUM_PAIRS) == 75000
 
 
-def test_changing_the_batch_or_the_epochs_keeps_the_run_length_in_epochs():
+def test_the_batch_the_epochs_dataset_size_and_total_steps_set_the_length(tmp_path):
     config = paper.get_config("stage2_opt6.7b")
     config.batch_size = 960
-    assert config.total_steps == math.ceil(paper.NUM_PAIRS / 960)
+    assert run_length.total_steps(config, paper.NUM_PAIRS) == math.ceil(paper.NUM_PAIRS / 960)
     config.epochs = 2
-    assert config.total_steps == math.ceil(2 * paper.NUM_PAIRS / 960)
-    config.total_steps = 10  # an explicit length still wins
-    assert config.total_steps == 10
+    assert run_length.total_steps(config, paper.NUM_PAIRS) == math.ceil(2 * paper.NUM_PAIRS / 960)
+    config.dataset_size = 1000  # the pairs, not counted
+    resolved, said = run_length.with_total_steps(config, str(tmp_path), counted=paper.NUM_PAIRS)
+    assert resolved.total_steps == math.ceil(2 * 1000 / 960) and "config.dataset_size" in said
+    config.total_steps = 10  # an explicit length wins
+    assert run_length.total_steps(config, paper.NUM_PAIRS) == 10
+
+
+def test_a_resumed_run_keeps_the_count_of_its_first_start(tmp_path):
+    config = paper.get_config("stage1")
+    run_length.record(str(tmp_path), config, 16_800)
+    resolved, said = run_length.with_total_steps(config, str(tmp_path), counted=33_600)  # the data grew since
+    assert resolved.total_steps == 9 * 10 and "counted at the run's first start" in said
+    run_length.record(str(tmp_path), config, 1)  # recorded once
+    assert run_length.read(str(tmp_path)) == 16_800
 
 
 def _checkpoint_dir(path, **config_json):

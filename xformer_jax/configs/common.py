@@ -24,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.eval_every = 0  # steps between evaluation hooks (0 = none)
     c.eval_batches = 4
+    # A frozen part (tower, MAE decoder, LLM) or the Q-Former's BERT with no weights to load stops a run at
+    # start-up unless this says that random weights are meant (the demo's small towers, tests, plans).
+    c.allow_random_init = False
     # Set by configs that derive total_steps from a number of epochs over a dataset (configs/paper.py).
     c.epochs = config_dict.placeholder(int)
     c.dataset_size = config_dict.placeholder(int)  # image-text pairs

@@ -26,6 +26,7 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     if arg not in VARIANTS:
         raise ValueError(f"configs/demo.py:{arg}: unknown variant; available: {VARIANTS}")
     config = common.base_config()
+    config.allow_random_init = True  # the small towers (and stage 2's OPT) start random: the recipe pretrains them
     config.total_steps = 200  # `make demo` fits 15 minutes on 2 cores (launch/demo.py)
     config.batch_size = 16
     config.log_every = 10

@@ -14,16 +14,18 @@ Variants (ARG after the colon):
   stage1_per_xattn_layer X-Former with one dual block per image cross-attention layer (placement ablation)
   stage2_opt2.7b         stage 2 with a frozen OPT-2.7B (LM loss only); stage2_opt6.7b with OPT-6.7B
 
-Run length: every variant sets `dataset_size` (image-text pairs) and `epochs` (stage 1: 9, stage 2: 1,
-as the paper) and derives total_steps = ceil(epochs * dataset_size / batch_size) from them, so
-`--config.batch_size=...` keeps the number of epochs and the cosine schedule stretches to match;
-`--config.total_steps=N` still overrides it.
+Run length: every variant sets `epochs` (stage 1: 9, stage 2: 1, as the paper) and leaves total_steps
+unset: a run takes ceil(epochs * pairs / batch_size) steps, pairs counted in the configured training data
+at start-up (`xformer_jax.train.run_length`; 14M for the paper's COCO + VG + CC3M + CC12M + SBU, 75,000
+steps at batch 1680), so `--config.batch_size=...` keeps the number of epochs and the cosine schedule
+stretches to match. `--config.dataset_size=N` gives the pairs instead of counting them, and
+`--config.total_steps=N` sets the length outright.
 """
 import ml_collections
 
 from xformer_jax.configs import common
 
-NUM_PAIRS = 14_000_000  # COCO + VG + CC3M + CC12M + SBU (the BLIP-2 paper's pretraining data)
+NUM_PAIRS = 14_000_000  # COCO + VG + CC3M + CC12M + SBU (the BLIP-2 paper's pretraining data), for plans
 STAGE1_EPOCHS, STAGE2_EPOCHS = 9, 1  # the paper's stage 1 and stage 2
 BATCH_SIZE = 1680  # BLIP-2's stage-1 global batch for ViT-g; must divide by data * fsdp (see launch/plan.py)
 
@@ -31,19 +33,10 @@ VARIANTS = ("stage1", "stage1_blip2", "stage1_concat", "stage1_early_xattn", "st
             "stage1_per_xattn_layer", "stage2_opt2.7b", "stage2_opt6.7b")
 
 
-def set_run_length(config: ml_collections.ConfigDict, dataset_size: int, epochs: int) -> None:
-    """total_steps = ceil(epochs * dataset_size / batch_size), as a reference to the three config values,
-    so that overriding any of them from the command line moves total_steps with it."""
-    config.dataset_size = dataset_size
-    config.epochs = epochs
-    batch = config.get_ref("batch_size")
-    config.total_steps = (config.get_ref("epochs") * config.get_ref("dataset_size") + batch - 1) // batch
-
-
 def _stage1() -> ml_collections.ConfigDict:
     config = common.base_config()
     config.batch_size = BATCH_SIZE
-    set_run_length(config, NUM_PAIRS, STAGE1_EPOCHS)  # 75000 steps at batch 1680
+    config.epochs, config.total_steps = STAGE1_EPOCHS, None  # the length follows the data (run_length)
     config.log_every = 100
     config.checkpoint_every = 2000
     config.eval_every = 0

@@ -5,6 +5,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from xformer_jax import storage
+from xformer_jax.data.tar_shards import expand_pattern
 
 KINDS = ("synthetic", "tfds", "webdataset", "json")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP / EVA-CLIP (BLIP-2's normalisation)
@@ -23,8 +24,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     # webdataset: tar shard pattern, e.g. "shards/{00000..00099}.tar" (brace ranges, globs; "::" joins patterns);
     # json: LAVIS caption list or COCO captions file ("::" joins several files).
     c.path = "workdir/synthetic_data"
-    c.image_root = ""  # json: folder the annotation "image" paths are relative to ("" = the file's folder)
+    # json: folder the annotation "image" paths are relative to ("" = the file's folder); "::" joins one per
+    # annotation file of path (e.g. "/data/coco::/data/vg", as LAVIS keeps COCO and Visual Genome apart)
+    c.image_root = ""
     c.eval_path = ""  # json / webdataset: the evaluation file or shard pattern ("" = no eval set)
+    c.eval_image_root = ""  # json: the same for eval_path's files ("" = image_root)
     c.split = "train"  # tfds: training split
     c.eval_split = "val"  # tfds: evaluation split; synthetic: "val" or "test"
     c.tfds_data_dir = ""  # tfds: data_dir holding the prepared dataset ("" = TFDS default)
@@ -71,10 +75,24 @@ def validate(data: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.path={data.path}: the synthetic dataset is written to local disk; give a "
                          "local path (a copy in a bucket is read with data.kind='json')")
     if data.kind == "json":
-        for path in data.path.split("::"):
+        files = data.path.split("::")
+        for path in files:
             _must_exist("path", path)
-        if data.image_root:
-            _must_exist("image_root", data.image_root)
+        for root in filter(None, set(image_roots(data.image_root, len(files)))):
+            _must_exist("image_root", root)
+        if data.eval_path:
+            eval_files = data.eval_path.split("::")
+            for path in eval_files:
+                _must_exist("eval_path", path)
+            key = "eval_image_root" if data.eval_image_root else "image_root"
+            for root in filter(None, set(image_roots(data[key], len(eval_files), key))):
+                _must_exist(key, root)
+    if data.kind == "webdataset":
+        for key in ("path", "eval_path"):
+            if data[key]:
+                storage.check_bucket(data[key].split("::")[0], f"config.data.{key}")
+                if not any(storage.exists(shard) for shard in expand_pattern(data[key])):
+                    raise ValueError(f"config.data.{key}: no shard of {data[key]} exists")
     if data.kind == "tfds" and data.tfds_data_dir:
         _must_exist("tfds_data_dir", data.tfds_data_dir)
     for key in ("image_size", "max_len", "max_words", "max_txt_len", "batch_size"):
@@ -95,6 +113,18 @@ def validate(data: ml_collections.ConfigDict) -> None:
         _must_exist("vocab_path", data.vocab_path)
     if data.llm_tokenizer_path:
         _must_exist("llm_tokenizer_path", data.llm_tokenizer_path)
+
+
+def image_roots(image_root: str, num_files: int, key: str = "image_root") -> list[str]:
+    """The image folder of each of `num_files` "::"-joined annotation files: one root for all, or one per
+    file ("/coco::/vg", as LAVIS keeps COCO and Visual Genome apart); "" = each file's own folder."""
+    roots = image_root.split("::") if image_root else [""]
+    if len(roots) == 1:
+        return roots * num_files
+    if len(roots) != num_files:
+        raise ValueError(f"config.data.{key}={image_root!r} names {len(roots)} folders for {num_files} annotation "
+                         "files: give one for all, or one per file in the same order")
+    return roots
 
 
 def crop_scale(data: ml_collections.ConfigDict) -> tuple[float, float]:

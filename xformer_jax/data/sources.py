@@ -12,6 +12,7 @@ import numpy as np
 
 from xformer_jax import storage
 from xformer_jax.data import sharding, synthetic
+from xformer_jax.data.config import image_roots
 from xformer_jax.data.records import Record, StringColumn, namespaced_id, numeric_id
 from xformer_jax.data.tar_shards import TarShardSource, expand_pattern
 
@@ -22,17 +23,18 @@ class JsonCaptionSource:
     """LAVIS caption files ([{"image", "caption": str | [str], "image_id"?}, ...]) or COCO caption
     files ({"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}).
 
-    Image paths are relative to image_root (default: the annotation file's folder) unless absolute.
+    Image paths are relative to image_root (default: the annotation file's folder) unless absolute;
+    image_root may name one folder per file, "::"-joined (`data.config.image_roots`).
     With per_image=True, entries of the same image merge into one record (evaluation). Image ids are
     namespaced per file (`namespaced_id`), so several files never share an id.
     """
 
-    def __init__(self, files: list[str], image_root: str = "", per_image: bool = False):
+    def __init__(self, files: list[str], image_root: str = "", per_image: bool = False, root_key: str = "image_root"):
         self.path = "::".join(files)
         self.skipped_shards = 0
         images, captions, raw_ids = [], [], []
-        for number, file in enumerate(files):
-            root = image_root or storage.dirname(storage.absolute(file))
+        for number, (file, root) in enumerate(zip(files, image_roots(image_root, len(files), root_key))):
+            root = root or storage.dirname(storage.absolute(file))
             for image, caption, raw_id in _read_annotations(file):
                 images.append(storage.join(root, image))
                 captions.append([caption] if isinstance(caption, str) else list(caption))
@@ -142,8 +144,6 @@ def open_source(data: ml_collections.ConfigDict, train: bool, process_index: int
     if data.kind == "webdataset":
         pattern = data.path if train else _eval_path(data)
         shards = expand_pattern(pattern)
-        if not any(storage.exists(s) for s in shards):
-            raise ValueError(f"config.data.{'path' if train else 'eval_path'}: {pattern} does not exist")
         if train:
             return TarShardSource(sharding.split_files(shards, process_index, process_count, "path"), pattern)
         return sharding.ProcessSlice(TarShardSource(shards, pattern), process_index, process_count)
@@ -158,7 +158,8 @@ def open_source(data: ml_collections.ConfigDict, train: bool, process_index: int
                                    paths["root"], per_image=not train)
     else:
         files = (data.path if train else _eval_path(data)).split("::")
-        source = JsonCaptionSource(files, data.image_root, per_image=not train)
+        root_key = "eval_image_root" if not train and data.eval_image_root else "image_root"
+        source = JsonCaptionSource(files, data[root_key], per_image=not train, root_key=root_key)
     return sharding.ProcessSlice(source, process_index, process_count)
 
 

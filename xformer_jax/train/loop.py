@@ -24,12 +24,12 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from xformer_jax import rundir, storage
-from xformer_jax.data import config as data_config, pipeline
+from xformer_jax import rundir
+from xformer_jax.data import pipeline
 from xformer_jax.data.sharding import to_global_batch
 from xformer_jax.models import xformer
 from xformer_jax.train import (build, checkpointing, metrics as metrics_lib, objective, optimizer, partitioning,
-                               startup, steps)
+                               preflight, run_length, startup, steps)
 from xformer_jax.train.preemption import PreemptionGuard
 from xformer_jax.train.state import TrainState, state_shardings
 from xformer_jax.train.step_metrics import PendingMetrics
@@ -168,14 +168,11 @@ def host_metrics(local: dict) -> dict:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """The config a run trains with (`build.with_part_files`: tokenizers from the parts' directories), once its
-    paths pass: ValueError in one line naming the key, before any model is built or file written, unless the
-    workdir's and init_from's buckets are reachable (a local path needs nothing) and every data path exists."""
-    storage.check_bucket(workdir, "workdir")
-    if config.get("init_from"):
-        storage.check_bucket(config.init_from, "config.init_from")
+    """The config a run trains with (`build.with_part_files`: tokenizers from the parts' directories), once
+    `preflight.check` passes: ValueError in one line naming the key, before any model is built or file
+    written, unless every path, checkpoint, tokenizer and weight source is there."""
     config = build.with_part_files(config)
-    data_config.validate(config.data)
+    preflight.check(config, workdir)
     return config
 
 
@@ -186,10 +183,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     (the host then waits on the device each step: for debugging, and benchmarks/loop_sync.py)."""
     config = prepare(config, workdir)
     data_iter = pipeline.make_train_iterator(config)  # reads the data's index: bad data fails before the model
+    counted = int(_sum_over_processes(data_iter.local_examples))
+    config, length = run_length.with_total_steps(config, workdir, counted)
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
     rundir.write_config(build.with_checkpoint_fields(config, trainer.model.config), workdir)
+    run_length.record(workdir, config, counted)
     try:
         state = trainer.state
         start = checkpoints.latest_step() or 0
@@ -203,10 +203,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             logging.info("already at step %d of %d: nothing to do", start, config.total_steps)
         stop_after = config.get("stop_after_steps", 0)
         end = min(config.total_steps, start + stop_after) if stop_after else config.total_steps
-        examples = int(_sum_over_processes(data_iter.local_examples))
         startup.say([startup.mesh_line(trainer.mesh), startup.params_line(state.params, state.frozen),
-                     *startup.sources_lines(trainer.weight_sources),
-                     startup.run_line(start, end, config.total_steps, config.batch_size, examples)])
+                     *startup.sources_lines(trainer.weight_sources), f"run length: {length}",
+                     startup.run_line(start, end, config.total_steps, config.batch_size, counted)])
         local = next(data_iter) if end > start else None  # the first step's batch, which the compile reads
         step_fn = compile_step(trainer, state, trainer.global_batch(local)) if local is not None else None
         last_log = (time.perf_counter(), start)
@@ -247,6 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         # Finishes pending (async) checkpoint writes, also when a step raised (step_metrics.NonFiniteLoss).
         checkpoints.close()
         writer.close()
+        data_iter.close()  # stops its read-ahead threads
     return state
 
 
