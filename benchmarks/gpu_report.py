@@ -36,7 +36,7 @@ from xformer_jax.train import build, loop
 
 def vit_l_configs(batches: tuple[int, int]) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
     """xformer_jax/configs/vit_l.py's stage-1 / stage-2 configs."""
-    return _for_benchmark([vit_l.get_config("stage1"), vit_l.get_config("stage2")], batches)
+    return _for_benchmark([vit_l.get_config("stage1"), vit_l.get_config("stage2_opt1.3b")], batches)
 
 
 def tiny_configs(batches: tuple[int, int]) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
@@ -49,9 +49,10 @@ def tiny_configs(batches: tuple[int, int]) -> tuple[ml_collections.ConfigDict, m
 
 
 def _for_benchmark(configs, batches: tuple[int, int]):
-    """One device, the given global batches, no warm-up schedule to validate."""
+    """One device, the given global batches, a fixed schedule with no warm-up (no data to count epochs over)."""
     for config, batch in zip(configs, batches):
         config.batch_size = batch
+        config.total_steps = config.total_steps or 1000
         config.mesh.update(data=-1, fsdp=1, tensor=1)
         config.optim.warmup_steps = 0
     return tuple(configs)

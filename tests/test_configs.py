@@ -88,5 +88,5 @@ def test_the_check_takes_the_llm_keys_of_its_kind():
 
 def test_every_shipped_config_passes_the_check():
     for spec in ("configs/demo.py:stage1", "configs/demo.py:stage2", "configs/paper.py:stage1",
-                 "configs/paper.py:stage2_opt6.7b", "xformer_jax/configs/vit_l.py:stage2"):
+                 "configs/paper.py:stage2_opt6.7b", "configs/vit_l.py:stage2"):
         show.load(["show", f"{REPO}/{spec}"])

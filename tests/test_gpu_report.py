@@ -22,7 +22,7 @@ def test_peak_of_device_kind(kind, peak):
 
 
 def test_vit_l_configs_have_the_reported_sizes():
-    stage1, stage2 = vit_l.get_config("stage1"), vit_l.get_config("stage2")
+    stage1, stage2 = vit_l.get_config("stage1"), vit_l.get_config("stage2_opt1.3b")
     assert (stage1.stage, stage2.stage) == ("stage1", "stage2")
     for config in (stage1, stage2):
         model = build.model_config(config)  # validates widths (Q-Former encoder_width = vision width)

@@ -97,3 +97,40 @@ def test_a_good_config_passes_and_the_paper_configs_refuse_random_towers(files, 
     from xformer_jax.configs import paper
     with pytest.raises(ValueError, match="config.model.vision: no weights"):
         loop.prepare(paper.get_config("stage1"), str(tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """save_pretrained directories of a CLIP vision tower, a ViT-MAE with its decoder, a BERT and an OPT."""
+    import hf_models
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {"vision": hf_models.save(hf_models.clip_vision(), root / "clip"),
+            "mae": hf_models.save(hf_models.mae_pretraining(), root / "mae"),
+            "qformer": hf_models.save(hf_models.bert(), root / "bert"),
+            "llm": hf_models.save(hf_models.opt_causal_lm(), root / "opt")}
+
+
+def test_the_parts_take_their_architecture_from_their_checkpoints_unless_set_otherwise(checkpoints, caplog):
+    from xformer_jax.configs import common
+    from xformer_jax.train import build
+    config = common.base_config()  # every size at its default (EVA ViT-g, MAE ViT-H, BERT-base, OPT-2.7B...)
+    config.stage = "stage2"
+    config.model.vision.hf_dir, config.model.mae.hf_dir = checkpoints["vision"], checkpoints["mae"]
+    config.model.qformer.bert_dir, config.model.llm.hf_dir = checkpoints["qformer"], checkpoints["llm"]
+    with caplog.at_level("INFO"):
+        sized = build.with_checkpoint_sizes(config)
+    assert (sized.model.vision.kind, sized.model.vision.hidden_size, sized.model.vision.num_hidden_layers) == ("clip", 32, 3)
+    assert (sized.model.vision.image_size, sized.model.vision.patch_size) == (32, 8)
+    assert (sized.model.mae.hidden_size, sized.model.mae.decoder_hidden_size, sized.model.mae.decoder_num_hidden_layers) \
+        == (32, 16, 2)
+    assert (sized.model.qformer.hidden_size, sized.model.qformer.num_hidden_layers, sized.model.qformer.vocab_size) \
+        == (32, 3, 100)  # BERT's 99 + [DEC]
+    assert sized.model.qformer.encoder_width == 32  # follows the tower
+    assert (sized.model.llm.hidden_size, sized.model.llm.vocab_size, sized.model.llm.ffn_dim) == (32, 64, 48)
+    assert f"config.model.vision.hidden_size=32 (from {checkpoints['vision']}/config.json)" in caplog.text
+    built = build.model_config(sized)  # a consistent model
+    assert built.vision.hidden_size == built.qformer.encoder_width == 32
+    config.model.vision.num_hidden_layers = 24  # set, and not the checkpoint's
+    with pytest.raises(ValueError, match=rf"config.model.vision.num_hidden_layers=24 but config.model.vision.hf_dir="
+                                         rf"{checkpoints['vision']} has 3 \(its config.json\)"):
+        build.with_checkpoint_sizes(config)

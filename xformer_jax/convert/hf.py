@@ -3,7 +3,7 @@ import dataclasses
 import json
 import logging
 import re
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -320,6 +320,17 @@ def _grown_target(target: dict, recipe: Recipe, config: dict, fresh: set, path: 
                 raise ValueError(f"{path}: {key}={rows!r} does not fit {flax_path!r} {target[flax_path]}")
             grown[flax_path] = rows
     return grown
+
+
+def module_config(hf_dir: str, component: Optional[str] = None, **config_overrides) -> tuple[Any, dict]:
+    """(the model config, this project's dataclass, that `from_hf(hf_dir, component, **config_overrides)` would
+    build; the config.json dict it was read from, the component's own for a composite), from config.json
+    alone: no weight is read."""
+    config = read_config(hf_dir)
+    config_path = storage.join(hf_dir, "config.json")
+    recipe = recipe_for(architecture(config, config_path), component, config_path)
+    source = config[recipe.sub_config] if recipe.sub_config else config
+    return recipe.build(source, config_overrides).config, source
 
 
 def load_hf(hf_dir: str, component: Optional[str] = None, *, seed: int = 0,

@@ -29,7 +29,7 @@ from flax import serialization, traverse_util
 
 from xformer_jax import storage
 from xformer_jax.convert import from_hf, load_hf
-from xformer_jax.convert.hf import read_config
+from xformer_jax.convert.hf import module_config, read_config
 from xformer_jax.models import config_sections, fusion, mae, qformer, stage2, vit, xformer
 from xformer_jax.models.config_sections import CHECKPOINT_FIELDS, LLM_KINDS, WEIGHT_SOURCES
 
@@ -244,12 +244,70 @@ def _vision_component(hf_dir: str):
     return "vision" if any(n.startswith(("Blip2", "CLIPModel")) and n != "Blip2VisionModel" for n in names) else None
 
 
+# Fields a run chooses whatever its checkpoints say (the rest of a part's fields are its architecture).
+RUN_FIELDS = {"dtype", "remat", "scan_layers", "feature_layer", "mask_ratio", "norm_pix_loss", "hidden_dropout_prob",
+              "attention_probs_dropout_prob"}
+
+
+def checkpoint_architectures(model_cfg: ml_collections.ConfigDict, stage: str) -> dict:
+    """{part: (its architecture as its checkpoint directory's config.json describes it, the key naming the
+    directory)} for every part with a directory (the Q-Former's BERT with the Q-Former's own fields)."""
+    out = {}
+    vision_dir = model_cfg.vision.get("hf_dir")
+    if vision_dir:
+        out["vision"] = (module_config(vision_dir, _vision_component(vision_dir)), "config.model.vision.hf_dir")
+    if fusion.FusionConfig(kind=model_cfg.fusion.kind).uses_mae and model_cfg.mae.get("hf_dir"):
+        out["mae"] = (module_config(model_cfg.mae.hf_dir), "config.model.mae.hf_dir")
+    if stage == "stage2" and model_cfg.llm.get("hf_dir"):
+        out["llm"] = (module_config(model_cfg.llm.hf_dir), "config.model.llm.hf_dir")
+    bert_dir = checkpoint_dir(model_cfg.qformer, "bert_dir")
+    if bert_dir:
+        q = model_cfg.qformer
+        out["qformer"] = (module_config(bert_dir, num_query_tokens=q.num_query_tokens, encoder_width=q.encoder_width,
+                                        cross_attention_freq=q.cross_attention_freq, embed_dim=q.embed_dim),
+                          "config.model.qformer.bert_dir")
+    return out
+
+
+def with_checkpoint_sizes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose parts take their architecture (widths, depths, vocabulary, image and patch
+    size, the tower's kind, ...: the fields the checkpoint's config.json holds) from their checkpoint
+    directories, so that a user does not retype a checkpoint's shape: a key left at its default takes the
+    checkpoint's value (logged); a key set to another value is a ValueError naming both."""
+    out = config.copy_and_resolve_references()
+    defaults = config_sections.model_defaults()
+    for part, ((loaded, source), key) in checkpoint_architectures(out.model, out.stage).items():
+        section = out.model[part]
+        default = (config_sections.llm_defaults(section.get("kind", "opt")) if part == "llm" else defaults[part])
+        path = out.model[part][key.rsplit(".", 1)[1]]
+        for f in dataclasses.fields(loaded):
+            if f.name in RUN_FIELDS or f.name not in section or (f.name not in source and f.name != "kind"):
+                continue
+            value = getattr(loaded, f.name)
+            have = _plain(section[f.name])
+            if have == _plain(value):
+                continue
+            if have is not None and have != _plain(default.get(f.name)):
+                raise ValueError(f"config.model.{part}.{f.name}={have!r} but {key}={path} has {_plain(value)!r} "
+                                 f"(its config.json): leave the key unset or make them agree")
+            with out.unlocked():
+                section[f.name] = value
+            logging.info("config.model.%s.%s=%r (from %s/config.json)", part, f.name, value, path)
+    q, width = out.model.qformer, out.model.vision.hidden_size
+    if q.encoder_width != width and q.encoder_width == defaults.qformer.encoder_width:  # reads the tower's width
+        with out.unlocked():
+            q.encoder_width = width
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
 def _check_config(loaded, configured, key: str, path: str) -> None:
     """The checkpoint's architecture must equal the configured one (run-time fields aside)."""
-    runtime = {"dtype", "remat", "scan_layers", "feature_layer", "mask_ratio", "norm_pix_loss", "hidden_dropout_prob",
-               "attention_probs_dropout_prob"}
     for f in dataclasses.fields(configured):
-        if f.name not in runtime and getattr(loaded, f.name) != getattr(configured, f.name):
+        if f.name not in RUN_FIELDS and getattr(loaded, f.name) != getattr(configured, f.name):
             raise ValueError(f"{key}.{f.name}={getattr(configured, f.name)!r} but {path} has "
                              f"{getattr(loaded, f.name)!r}")
 

@@ -168,12 +168,13 @@ def host_metrics(local: dict) -> dict:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """The config a run trains with (`build.with_part_files`: tokenizers from the parts' directories), once
-    `preflight.check` passes: ValueError in one line naming the key, before any model is built or file
-    written, unless every path, checkpoint, tokenizer and weight source is there."""
+    """The config a run trains with (`build.with_part_files`: tokenizers from the parts' directories;
+    `build.with_checkpoint_sizes`: their architectures from their config.json), once `preflight.check`
+    passes: ValueError in one line naming the key, before any model is built or file written, unless every
+    path, checkpoint, tokenizer and weight source is there and agrees with the config."""
     config = build.with_part_files(config)
     preflight.check(config, workdir)
-    return config
+    return build.with_checkpoint_sizes(config)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
