@@ -6,6 +6,7 @@ import pytest
 from launch import demo
 from xformer_jax import mini_paper, recipe
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
+from xformer_jax.predict.benchmarks import Question
 
 TINY_BUDGET = recipe.Budget(tower_steps=3, llm_steps=3, llm_batch_size=8, eval_batch_size=16)
 
@@ -74,12 +75,12 @@ def test_pretrained_towers_of_another_seed_leave_the_first_seeds_reusable(tmp_pa
 
 
 def test_shuffled_images_asks_every_question_of_another_image_keeping_each_images_questions_together():
-    questions = [{"question_id": 10 * i + k, "image": f"im{i}.png"} for i in range(5) for k in range(3)]
+    questions = [Question(10 * i + k, "?", f"im{i}.png") for i in range(5) for k in range(3)]
     shuffled = recipe.shuffled_images(questions)
-    assert [q["question_id"] for q in shuffled] == [q["question_id"] for q in questions]
-    moved = {q["image"]: s["image"] for q, s in zip(questions, shuffled)}  # one destination per image
+    assert [q.question_id for q in shuffled] == [q.question_id for q in questions]
+    moved = {q.image: s.image for q, s in zip(questions, shuffled)}  # one destination per image
     assert len(moved) == 5 and sorted(moved.values()) == sorted(moved) and all(a != b for a, b in moved.items())
-    assert all(moved[q["image"]] == s["image"] for q, s in zip(questions, shuffled))
+    assert all(moved[q.image] == s.image for q, s in zip(questions, shuffled))
     assert recipe.shuffled_images(questions) == shuffled and recipe.shuffled_images(questions, seed=1) != shuffled
     with pytest.raises(ValueError, match="2 or more images"):
         recipe.shuffled_images(questions[:3])

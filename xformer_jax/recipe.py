@@ -38,8 +38,8 @@ from xformer_jax.eval.score import score
 from xformer_jax.losses import IGNORE_INDEX
 from xformer_jax.models import mae as mae_lib
 from xformer_jax.models import stage2, vit
-from xformer_jax.predict import inputs
-from xformer_jax.predict.captions import CAPTION_PROMPT, VQA_PROMPT, Captioner, caption_predictions, vqa_predictions
+from xformer_jax.predict import benchmarks, inputs
+from xformer_jax.predict.captions import CAPTION_PROMPT, VQA_PROMPT, Captioner
 from xformer_jax.train import build, loop
 
 SPEC = "spec.json"
@@ -373,35 +373,32 @@ def evaluate(stage2_dir: str, paths: dict, out_dir: str, budget: Budget, split: 
         return load_json(os.path.join(out_dir, "scores.json"))
     os.makedirs(out_dir, exist_ok=True)
     captioner = Captioner.from_workdir(stage2_dir, num_beams=budget.num_beams, max_new_tokens=4)
-    vqa_path, shuffled_path, caption_path = (os.path.join(out_dir, f"{name}_predictions.json") for name in predictions)
-    questions = load_json(paths[f"vqa_{split}"])
-    _write_json(vqa_path, vqa_predictions(captioner, questions, paths["root"], budget.eval_batch_size))
-    _write_json(shuffled_path, vqa_predictions(captioner, shuffled_images(questions), paths["root"],
-                                               budget.eval_batch_size))
+    questions = benchmarks.read_vqa(paths[f"vqa_{split}"], paths["root"])
+    answers = dict(annotations=paths[f"vqa_{split}_annotations"], questions_file=paths[f"vqa_{split}_questions"])
+    scores = {name: benchmarks.vqa(captioner, asked, out_dir, budget.eval_batch_size, clean=False,
+                                   files=(f"{name}_predictions.json", ""), **answers)
+              for name, asked in (("vqa", questions), ("vqa_shuffled_images", shuffled_images(questions)))}
     captioner.max_new_tokens = 32
-    _write_json(caption_path, caption_predictions(captioner, load_json(paths[f"caption_{split}"]), paths["root"],
-                                                  budget.eval_batch_size))
-    vqa_files = (paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"])
-    scores = {"vqa": score("vqav2", vqa_path, *vqa_files),
-              "vqa_shuffled_images": score("vqav2", shuffled_path, *vqa_files),
-              "caption": score("coco_caption", caption_path, paths[f"caption_{split}_gt"]),
-              "attributes": caption_attributes(paths, load_json(caption_path))}
+    images, _ = benchmarks.read_captions(paths[f"caption_{split}"], paths["root"])
+    scores["caption"] = benchmarks.caption(captioner, images, out_dir, budget.eval_batch_size,
+                                           annotations=paths[f"caption_{split}_gt"], files=("caption_predictions.json", ""))
+    scores["attributes"] = caption_attributes(paths, load_json(os.path.join(out_dir, "caption_predictions.json")))
     _write_json(os.path.join(out_dir, "scores.json"), scores)
     _write_spec(out_dir, spec)
     return scores
 
 
-def shuffled_images(questions: list[dict], seed: int = SHUFFLE_SEED) -> list[dict]:
+def shuffled_images(questions: list[benchmarks.Question], seed: int = SHUFFLE_SEED) -> list[benchmarks.Question]:
     """The questions, each asked of another image of the same split: every image's questions move together
     to the next image of a seeded random cycle through the split's images, so no question keeps its own.
     What the model answers then is what it answers without seeing the right image (the shuffled-image
     baseline: a model that looks loses what it read from the image; a blind one loses nothing)."""
-    images = list(dict.fromkeys(q["image"] for q in questions))
+    images = list(dict.fromkeys(q.image for q in questions))
     if len(images) < 2:
         raise ValueError(f"shuffling images needs questions about 2 or more images, got {len(images)}")
     cycle = [images[k] for k in np.random.default_rng(seed).permutation(len(images))]
     other = dict(zip(cycle, cycle[1:] + cycle[:1]))
-    return [{**q, "image": other[q["image"]]} for q in questions]
+    return [dataclasses.replace(q, image=other[q.image]) for q in questions]
 
 
 def _most_frequent_answers(entries: list[dict]) -> dict[str, str]:

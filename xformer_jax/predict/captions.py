@@ -4,8 +4,7 @@
 checkpoint (or the step directory given) and answers batches of images: captions with the prompt "a photo
 of", zero-shot VQA with "Question: {} Short answer:", decoding stopped at the "\\n" token the training
 captions end with. `generate_texts` runs it over any number of images in batches of one shape, every prompt
-padded to the longest, so that decoding compiles once; `vqa_predictions` / `caption_predictions` write the
-official result formats (launch/evaluate.py, the recipe).
+padded to the longest, so that decoding compiles once; `predict.benchmarks` runs it over a benchmark's files.
 """
 import dataclasses
 from typing import Optional, Sequence
@@ -14,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xformer_jax import generate as generate_lib, storage
+from xformer_jax import generate as generate_lib
 from xformer_jax.data.pipeline import image_transform, make_tokenizer
 from xformer_jax.models import stage2
 from xformer_jax.predict import inputs
@@ -103,19 +102,3 @@ def generate_texts(captioner: Captioner, image_paths: Sequence[str], prompts: Se
         answers = captioner.answer(inputs.load_images([p for p, _ in batch]), [q for _, q in batch], width)
         texts += answers[:real]
     return texts
-
-
-def vqa_predictions(captioner: Captioner, questions: Sequence[dict], image_root: str, batch_size: int,
-                    template: str = VQA_PROMPT) -> list[dict]:
-    """[{"question_id", "answer"}] for LAVIS-format questions [{"question_id", "question", "image"}]."""
-    answers = generate_texts(captioner, [storage.join(image_root, q["image"]) for q in questions],
-                             [template.format(q["question"]) for q in questions], batch_size)
-    return [{"question_id": q["question_id"], "answer": a} for q, a in zip(questions, answers)]
-
-
-def caption_predictions(captioner: Captioner, images: Sequence[dict], image_root: str, batch_size: int) -> list[dict]:
-    """[{"image_id", "caption"}] for LAVIS-format caption entries [{"image", "image_id"}]: the text generated
-    after the "a photo of" prompt, without the prompt, as LAVIS scores BLIP-2's captions."""
-    captions = generate_texts(captioner, [storage.join(image_root, e["image"]) for e in images],
-                              [CAPTION_PROMPT] * len(images), batch_size)
-    return [{"image_id": int(e["image_id"]), "caption": c} for e, c in zip(images, captions)]
