@@ -1,9 +1,12 @@
 """Tiny files laid out exactly as their publishers ship them, for the tests of what users feed in:
 facebook/opt-*'s tokenizer (vocab.json + merges.txt + tokenizer_config.json + special_tokens_map.json, no
-tokenizer.json)."""
+tokenizer.json) and PyTorch weights as the older hub repositories hold them (pytorch_model.bin, sharded with
+pytorch_model.bin.index.json; facebook/opt-* with the bare OPTModel's `decoder.*` keys)."""
 import json
 import os
 
+import torch
+from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from xformer_jax.data import bpe
@@ -23,4 +26,37 @@ def opt_tokenizer(directory, texts, vocab_size: int = 400) -> str:
         json.dump(settings, f, indent=2)
     with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
         json.dump({"bos_token": "</s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "</s>"}, f, indent=2)
+    return str(directory)
+
+
+def torch_checkpoint(model, directory, *, bare_base_model: bool = False, shards: int = 1,
+                     legacy_layer_norm: bool = False) -> str:
+    """config.json + the state dict as torch.save wrote it for transformers 4.x's save_pretrained with
+    safe_serialization=False: one pytorch_model.bin, or `shards` pytorch_model-0000k-of-0000n.bin files and
+    their index. `bare_base_model`: the keys of the model's base model without its prefix and no LM head
+    (facebook/opt-*); `legacy_layer_norm`: LayerNorm gamma / beta (the original bert-base-uncased)."""
+    # save_pretrained writes the checkpoint names (transformers 5 renames some modules in memory), then
+    # its safetensors file becomes the pickle.
+    model.save_pretrained(str(directory))
+    state = load_file(os.path.join(directory, "model.safetensors"))
+    os.remove(os.path.join(directory, "model.safetensors"))
+    if bare_base_model:
+        prefix = model.base_model_prefix + "."
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if legacy_layer_norm:
+        state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+                 for k, v in state.items()}
+    if shards == 1:
+        torch.save(state, os.path.join(directory, "pytorch_model.bin"))
+        return str(directory)
+    names = sorted(state)
+    weight_map = {}
+    for k in range(shards):
+        file = f"pytorch_model-{k + 1:05d}-of-{shards:05d}.bin"
+        part = {n: state[n] for n in names[k::shards]}
+        torch.save(part, os.path.join(directory, file))
+        weight_map.update({n: file for n in part})
+    with open(os.path.join(directory, "pytorch_model.bin.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+                   "weight_map": weight_map}, f, indent=2)
     return str(directory)

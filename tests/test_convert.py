@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import gcs_emulator
 import hf_models
+import publisher_files
 from xformer_jax import storage
 from xformer_jax.convert import SUPPORTED_ARCHITECTURES, CheckpointMismatch, from_hf
 from xformer_jax.convert import safetensors_io
@@ -105,6 +106,27 @@ def test_composite_directories_yield_their_vision_tower(tmp_path):
     with torch.no_grad():
         expected = blip2.vision_model(pixel_values=torch.from_numpy(x)).last_hidden_state.numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_pytorch_bin_checkpoints_as_the_hub_holds_them_equal_safetensors(tmp_path):
+    """facebook/opt-*: sharded pytorch_model.bin with the bare OPTModel's keys and no LM head; the original
+    bert-base-uncased: LayerNorm gamma / beta; facebook/vit-mae-*: one pytorch_model.bin. Read without torch."""
+    cases = [(hf_models.opt_causal_lm(), dict(bare_base_model=True, shards=3), {}),
+             (hf_models.bert("BertForMaskedLM"), dict(legacy_layer_norm=True), dict(num_query_tokens=4)),
+             (hf_models.mae_pretraining(), {}, {})]
+    for index, (model, layout, overrides) in enumerate(cases):
+        published = publisher_files.torch_checkpoint(model, tmp_path / f"bin{index}", **layout)
+        if layout.get("shards"):
+            assert os.path.exists(os.path.join(published, "pytorch_model.bin.index.json"))
+        saved = hf_models.save(model, tmp_path / f"safetensors{index}")
+        assert_same_params(from_hf(saved, **overrides)[1], from_hf(published, **overrides)[1])
+
+
+def test_a_pickle_that_is_not_a_state_dict_of_tensors_is_refused(eva_dir, tmp_path):
+    shutil.copy(os.path.join(eva_dir, "config.json"), tmp_path)
+    torch.save({"weight": torch.zeros(2), "hook": print}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(Exception, match=r"pytorch_model.bin: holds (__builtin__|builtins).print"):
+        from_hf(str(tmp_path))
 
 
 def test_missing_directory_and_config(tmp_path):

@@ -25,6 +25,9 @@ class Recipe:
     dummy_inputs: Callable[[nn.Module], dict]
     prefix: str = ""             # stripped from checkpoint keys
     prefix_required: bool = False  # keys without the prefix belong to other components and are skipped
+    # The causal LM's base model: a checkpoint saved from the bare base model (facebook/opt-* ship OPTModel's
+    # `decoder.*` keys) gets it prepended, as transformers does on load.
+    base_prefix: str = ""
     sub_config: Optional[str] = None  # e.g. "vision_config" of a composite model
     fixups: Callable[[dict], dict] = lambda tensors: tensors
     # Partial checkpoints (BERT -> Q-Former). Empty for every other architecture, which keeps the
@@ -250,9 +253,9 @@ RECIPES: dict[str, Recipe] = {
     "BertForMaskedLM": Recipe(**_BERT, fresh=_QFORMER_FRESH),
     # Decoder LLMs (stage 2): the causal LM with its head, and the language model inside BLIP-2.
     "OPTForCausalLM": Recipe(build=_opt, table=tables.OPT_CAUSAL_LM, dummy_inputs=_token_inputs,
-                             fixups=_drop_tied_lm_head),
+                             fixups=_drop_tied_lm_head, base_prefix="model."),
     "LlamaForCausalLM": Recipe(build=_llama, table=tables.LLAMA_CAUSAL_LM, dummy_inputs=_token_inputs,
-                               fixups=_drop_tied_lm_head),
+                               fixups=_drop_tied_lm_head, base_prefix="model."),
     "Blip2ForConditionalGeneration:language": Recipe(
         build=_decoder_llm, table=[*tables.OPT_CAUSAL_LM, *tables.LLAMA_CAUSAL_LM], dummy_inputs=_token_inputs,
         prefix="language_model.", prefix_required=True, sub_config="text_config", fixups=_drop_tied_lm_head),
@@ -292,7 +295,22 @@ def recipe_for(name: str, component: Optional[str], path: str) -> Recipe:
     return RECIPES[key]
 
 
+def _legacy_name(name: str, recipe: Recipe, bare_base_model: bool) -> str:
+    """The name transformers reads a key of an older checkpoint as: LayerNorm gamma / beta (the original
+    bert-base-uncased weights) are weight / bias; a bare base model's keys get the base model's prefix."""
+    if name.endswith("LayerNorm.gamma"):
+        name = name[:-len("gamma")] + "weight"
+    elif name.endswith("LayerNorm.beta"):
+        name = name[:-len("beta")] + "bias"
+    if bare_base_model and not name.startswith("lm_head."):
+        name = recipe.base_prefix + name
+    return name
+
+
 def _select(tensors: dict, origin: dict, recipe: Recipe) -> tuple[dict, dict]:
+    bare = bool(recipe.base_prefix) and not any(k.startswith(recipe.base_prefix) for k in tensors)
+    renamed = {_legacy_name(k, recipe, bare): k for k in tensors}
+    tensors, origin = {k: tensors[old] for k, old in renamed.items()}, {k: origin[old] for k, old in renamed.items()}
     selected, where = {}, {}
     for name, array in tensors.items():
         if name.startswith(recipe.prefix) and recipe.prefix:

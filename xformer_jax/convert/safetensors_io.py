@@ -1,4 +1,5 @@
-"""Read safetensors checkpoints with NumPy only (no torch at run time).
+"""Read save_pretrained checkpoints with NumPy only (no torch at run time): safetensors, and PyTorch's
+pytorch_model.bin as facebook/opt-* and facebook/vit-mae-* ship it (`torch_pickle`).
 
 The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
 data_offsets}}, then raw little-endian bytes. bfloat16 has no NumPy dtype: its bits are the top half
@@ -11,9 +12,12 @@ from typing import Iterator
 import numpy as np
 
 from xformer_jax import storage
+from xformer_jax.convert import torch_pickle
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+TORCH_INDEX_FILE = "pytorch_model.bin.index.json"
+TORCH_SINGLE_FILE = "pytorch_model.bin"
 
 _NUMPY_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -60,29 +64,32 @@ def iter_file(path: str) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def checkpoint_files(hf_dir: str) -> list[str]:
-    """The safetensors files of a save_pretrained directory: one file, or the shards of its index."""
-    index = storage.join(hf_dir, INDEX_FILE)
-    if storage.exists(index):
-        weight_map = storage.read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index}: no 'weight_map' object")
-        files = [storage.join(hf_dir, name) for name in sorted(set(weight_map.values()))]
-        missing = [p for p in files if not storage.exists(p)]
-        if missing:
-            raise FileNotFoundError(f"{index} names shard files that are missing: {missing}")
-        return files
-    single = storage.join(hf_dir, SINGLE_FILE)
-    if storage.exists(single):
-        return [single]
-    raise FileNotFoundError(f"{hf_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found "
-                            "(only safetensors checkpoints are read; re-save with safe_serialization=True)")
+    """The weight files of a save_pretrained directory: one file, or the shards of its index; safetensors
+    first, else pytorch_model.bin."""
+    for index_name, single_name in ((INDEX_FILE, SINGLE_FILE), (TORCH_INDEX_FILE, TORCH_SINGLE_FILE)):
+        index = storage.join(hf_dir, index_name)
+        if storage.exists(index):
+            weight_map = storage.read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{index}: no 'weight_map' object")
+            files = [storage.join(hf_dir, name) for name in sorted(set(weight_map.values()))]
+            missing = [p for p in files if not storage.exists(p)]
+            if missing:
+                raise FileNotFoundError(f"{index} names shard files that are missing: {missing}")
+            return files
+        single = storage.join(hf_dir, single_name)
+        if storage.exists(single):
+            return [single]
+    raise FileNotFoundError(f"{hf_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found (nor PyTorch's "
+                            f"{TORCH_SINGLE_FILE} / {TORCH_INDEX_FILE})")
 
 
 def load_tensors(hf_dir: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """All tensors of a checkpoint directory, and the file each came from (for error messages)."""
     tensors, origin = {}, {}
     for path in checkpoint_files(hf_dir):
-        for name, array in iter_file(path):
+        read = iter_file if path.endswith(".safetensors") else torch_pickle.iter_file
+        for name, array in read(path):
             if name in tensors:
                 raise ValueError(f"{path}: tensor {name!r} also appears in {origin[name]}")
             tensors[name], origin[name] = array, path
