@@ -44,14 +44,17 @@ def main(argv):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     initialize_distributed()
-    from xformer_jax.train import loop
+    from xformer_jax.train import loop, preflight
     config = cli.checked(CONFIG.value)
     try:  # the mistakes a user can make in paths, said in one line before any model is built
         config = loop.prepare(config, FLAGS.workdir)
         hook = loop.eval_losses(config, config.eval_batches) if config.eval_every else None
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"FATAL {e}") from None
-    loop.train(config, FLAGS.workdir, eval_hook=hook)
+    try:
+        loop.train(config, FLAGS.workdir, eval_hook=hook)
+    except preflight.InputError as e:  # the schedule against the counted data
+        raise SystemExit(f"FATAL {e}") from None
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import ml_collections
 import numpy as np
 from flax import serialization, traverse_util
 
-from xformer_jax import storage
+from xformer_jax import rundir, storage
+from xformer_jax.data import config as data_config
 from xformer_jax.convert import from_hf, load_hf
 from xformer_jax.convert.hf import module_config, read_config
 from xformer_jax.models import config_sections, fusion, mae, qformer, stage2, vit, xformer
@@ -247,6 +248,9 @@ def _vision_component(hf_dir: str):
 # Fields a run chooses whatever its checkpoints say (the rest of a part's fields are its architecture).
 RUN_FIELDS = {"dtype", "remat", "scan_layers", "feature_layer", "mask_ratio", "norm_pix_loss", "hidden_dropout_prob",
               "attention_probs_dropout_prob"}
+# Fields a checkpoint decides without naming them in its config.json: the tower's kind (its architecture) and
+# the Q-Former's [DEC] id (its BERT vocabulary's size).
+DERIVED_FIELDS = {"kind", "dec_token_id"}
 
 
 def checkpoint_architectures(model_cfg: ml_collections.ConfigDict, stage: str) -> dict:
@@ -281,7 +285,7 @@ def with_checkpoint_sizes(config: ml_collections.ConfigDict) -> ml_collections.C
         default = (config_sections.llm_defaults(section.get("kind", "opt")) if part == "llm" else defaults[part])
         path = out.model[part][key.rsplit(".", 1)[1]]
         for f in dataclasses.fields(loaded):
-            if f.name in RUN_FIELDS or f.name not in section or (f.name not in source and f.name != "kind"):
+            if f.name in RUN_FIELDS or f.name not in section or (f.name not in source and f.name not in DERIVED_FIELDS):
                 continue
             value = getattr(loaded, f.name)
             have = _plain(section[f.name])
@@ -297,7 +301,59 @@ def with_checkpoint_sizes(config: ml_collections.ConfigDict) -> ml_collections.C
     if q.encoder_width != width and q.encoder_width == defaults.qformer.encoder_width:  # reads the tower's width
         with out.unlocked():
             q.encoder_width = width
-    return out
+    return _with_input_sizes(_with_init_from_architecture(out))
+
+
+# What a run started from config.init_from must build as that run did (the parts whose params it takes).
+INIT_FROM_SECTIONS = ("vision", "mae", "qformer", "fusion")
+_NOT_ARCHITECTURE = RUN_FIELDS | {"hf_dir", "params_file", "bert_dir", "cross_attention_qk_init_std"}
+
+
+def _with_init_from_architecture(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The parts config.init_from's run trained keep its architecture: a key left at its default takes the
+    run's value (logged), one set to another value is a ValueError naming both (before any model is built,
+    where merging the run's params would otherwise fail after minutes of loading)."""
+    if not config.get("init_from"):
+        return config
+    trained = rundir.read_config(rundir.resolve(config.init_from).workdir).model
+    defaults = config_sections.model_defaults()
+    for part in INIT_FROM_SECTIONS:
+        if part not in trained or not trained[part]:
+            continue
+        section = config.model[part]
+        for key, value in trained[part].items():
+            if key in _NOT_ARCHITECTURE or key not in section or _plain(section[key]) == _plain(value):
+                continue
+            if _plain(section[key]) != _plain(defaults[part].get(key)):
+                raise ValueError(f"config.model.{part}.{key}={_plain(section[key])!r} but config.init_from="
+                                 f"{config.init_from} was trained with {_plain(value)!r}: leave the key unset or "
+                                 "make them agree")
+            section[key] = value
+            logging.info("config.model.%s.%s=%r (from config.init_from=%s)", part, key, value, config.init_from)
+    return config
+
+
+def _with_input_sizes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """config.data's image sides are the towers': a side left at its default (data.image_size 224,
+    data.mae_image_size unset) follows the tower's image_size; one set to another value is a ValueError."""
+    data, model = config.data, config.model
+    default = data_config.default_data_config().image_size
+    if data.image_size != model.vision.image_size:
+        if data.image_size != default:
+            raise ValueError(f"config.data.image_size={data.image_size} but config.model.vision.image_size="
+                             f"{model.vision.image_size}: the tower reads images of its own size; leave the data key "
+                             "unset or make them agree")
+        data.image_size = model.vision.image_size
+        logging.info("config.data.image_size=%d (the tower's)", data.image_size)
+    if fusion.FusionConfig(kind=model.fusion.kind).uses_mae:
+        side = data.mae_image_size or data.image_size
+        if side != model.mae.image_size:
+            if data.mae_image_size is not None:
+                raise ValueError(f"config.data.mae_image_size={data.mae_image_size} but config.model.mae.image_size="
+                                 f"{model.mae.image_size}: leave the data key unset or make them agree")
+            data.mae_image_size = model.mae.image_size
+            logging.info("config.data.mae_image_size=%d (the MAE tower's)", data.mae_image_size)
+    return config
 
 
 def _plain(value):

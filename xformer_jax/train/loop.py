@@ -185,7 +185,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     config = prepare(config, workdir)
     data_iter = pipeline.make_train_iterator(config)  # reads the data's index: bad data fails before the model
     counted = int(_sum_over_processes(data_iter.local_examples))
-    config, length = run_length.with_total_steps(config, workdir, counted)
+    try:  # the schedule against the run length the data gives, before the model is built
+        config, length = run_length.with_total_steps(config, workdir, counted)
+        try:
+            optimizer.validate(config.optim, config.total_steps)
+        except ValueError as e:
+            raise ValueError(f"{e}; the run's {length}") from None
+    except ValueError as e:
+        data_iter.close()
+        raise preflight.InputError(str(e)) from None
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)

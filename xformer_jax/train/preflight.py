@@ -12,6 +12,10 @@ from xformer_jax.data.tokenizers import QFormerTokenizer, load_llm_tokenizer
 from xformer_jax.models import fusion
 from xformer_jax.models.config_sections import WEIGHT_SOURCES
 
+class InputError(ValueError):
+    """A mistake in the run's inputs found before any model is built or file written (one line, naming the key)."""
+
+
 # The parts a checkpoint initialises, and what starting them random means.
 PART_ROLES = {"vision": "the frozen CLIP / EVA tower", "mae": "the frozen MAE encoder and decoder",
               "qformer": "the Q-Former's BERT", "llm": "the frozen LLM"}

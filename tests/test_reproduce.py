@@ -1,0 +1,213 @@
+"""docs/reproduce.md's commands, exactly as the page writes them, on tiny random checkpoints saved in each
+hub repository's layout and tiny files in the official formats (tests/publisher_files.py): only $CKPT /
+$DATA / $RUN and, by flags appended to each command, the sizes are shrunk. Then every output is checked,
+and the mistakes a user can type stop within seconds naming their key, with nothing written."""
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import publisher_files
+from processes import REPO, subprocess_env
+from xformer_jax.configs.cli import load_file
+from xformer_jax.train import build
+
+PAGE = REPO / "docs" / "reproduce.md"
+BATCH = 8  # divides over the 8 fake devices of the paper configs' FSDP mesh
+
+
+def page_commands() -> list[list[str]]:
+    """Every command of the page's bash block: continuation lines joined, comments dropped."""
+    block = re.search(r"```bash\n(.*?)```", PAGE.read_text(), re.S).group(1)
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [shlex.split(line) for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def expand(argv: list[str], env: dict) -> list[str]:
+    return [re.sub(r"\$(\w+)", lambda m: env[m.group(1)], a) for a in argv]
+
+
+def size_flags(argv: list[str]) -> list[str]:
+    """--config.model.PART.KEY=VALUE for each size the page's config sets and the tiny checkpoint differs in
+    (what a user with the real checkpoints never types), and the smaller batch, query count and epochs."""
+    config = load_file(str(REPO / next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))))
+    for arg in argv:
+        if arg.startswith("--config.model.") and arg.split("=", 1)[0].endswith(("hf_dir", "bert_dir")):
+            key, value = arg[len("--config."):].split("=", 1)
+            part, field = key.split(".")[1:]
+            config.model[part][field] = value
+    flags = []
+    for part, ((loaded, source), _) in build.checkpoint_architectures(config.model, config.stage).items():
+        section = config.model[part]
+        for name, value in vars(loaded).items():
+            if name in source and name in section and name not in build.RUN_FIELDS and section[name] != value \
+                    and isinstance(value, (int, float, str)):
+                flags.append(f"--config.model.{part}.{name}={value}")
+    return flags + [f"--config.batch_size={BATCH}", "--config.epochs=1", "--config.model.qformer.num_query_tokens=4",
+                    "--config.model.fusion.query_heads=4", "--config.model.fusion.mae_heads=4",
+                    "--config.model.fusion.intermediate_size=64", "--config.optim.warmup_steps=1",
+                    "--config.data.num_workers=0", "--config.log_every=1"]
+
+
+SMALL = {"retrieval": ["--k_test=2", "--batch_size=4"],
+         "caption": ["--num_beams=2", "--min_new_tokens=1", "--max_new_tokens=3", "--batch_size=4"],
+         "vqa": ["--num_beams=2", "--max_new_tokens=2", "--batch_size=4"],
+         "gqa": ["--num_beams=2", "--max_new_tokens=2", "--batch_size=4"]}
+
+
+def run(argv: list[str], cwd, timeout: int = 600) -> str:
+    command = [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
+    proc = subprocess.run(command, cwd=cwd, env=subprocess_env(8), capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{shlex.join(argv)}\n{output[-6000:]}"
+    return output
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    data = publisher_files.datasets(root / "data")
+    texts = [e["caption"] for e in _load(data["coco_train"]) + _load(data["vg_train"])]
+    checkpoints = publisher_files.checkpoints(root / "ckpt", texts * 8 + ["a photo of", "Question: Short answer:"] * 8)
+    os.rename(checkpoints["opt"], root / "ckpt" / "opt-6.7b")
+    env = {"CKPT": str(root / "ckpt"), "DATA": str(root / "data"), "RUN": str(root / "run")}
+    return {"root": root, "data": data, "env": env}
+
+
+@pytest.fixture(scope="module")
+def outputs(tree):
+    """Every command of the page in order, with the shrinking flags; {label: (argv, output)}."""
+    results, tower_flags = {}, []
+    for argv in page_commands():
+        argv = expand(argv, tree["env"])
+        script, mode = os.path.basename(argv[1]), argv[2] if len(argv) > 2 else ""
+        extra = size_flags(argv) if script == "train.py" else SMALL.get(mode, [])
+        if script == "train.py":  # stage 2 builds the parts of its init_from run at that run's (shrunk) sizes
+            extra = tower_flags + extra
+            tower_flags = tower_flags or [f for f in extra if f.startswith(("--config.model.vision.",
+                                                                             "--config.model.mae.",
+                                                                             "--config.model.qformer."))]
+        label = script if script != "evaluate.py" else f"{mode}:{next(a for a in argv if a.startswith('--out')) if mode != 'score' else ''}"
+        label = {"train.py": "stage1" if "stage1" in argv[2] else "stage2"}.get(script, label)
+        start = time.monotonic()
+        results[label] = (argv, run(argv + extra, cwd=REPO), time.monotonic() - start)
+    return results
+
+
+def test_the_page_lists_the_paper_path_in_order():
+    scripts = [(os.path.basename(a[1]), a[2] if a[1].endswith("evaluate.py") else "") for a in page_commands()]
+    assert scripts == [("train.py", ""), ("evaluate.py", "retrieval"), ("train.py", ""), ("evaluate.py", "vqa"),
+                       ("evaluate.py", "vqa"), ("evaluate.py", "vqa"), ("evaluate.py", "gqa"),
+                       ("evaluate.py", "caption"), ("evaluate.py", "score"), ("export.py", "")]
+
+
+def test_stage1_and_stage2_train_on_the_published_files(tree, outputs):
+    run_dir = tree["env"]["RUN"]
+    for stage in ("stage1", "stage2"):
+        output = outputs[stage][1]
+        assert "compiling the train step" in output and "FATAL" not in output
+        # COCO (6 pairs) + VG (4): epochs 1 x 10 counted pairs / batch 8 -> 2 steps, the count kept.
+        assert _load(os.path.join(run_dir, stage, "data_count.json"))["pairs"] == 10
+        assert "total_steps 2 = config.epochs 1 x 10 pairs" in output
+        steps = [json.loads(line)["step"] for line in open(os.path.join(run_dir, stage, "metrics.jsonl"))
+                 if "loss" in line]
+        assert steps and steps[-1] == 2
+    config = _load(os.path.join(run_dir, "stage2", "config.json"))
+    assert config["model"]["llm"]["hidden_size"] == 32  # the sizes came from the checkpoints
+
+
+def test_evaluations_write_the_official_formats(tree, outputs):
+    run_dir, data = tree["env"]["RUN"], tree["data"]
+    val = _load(os.path.join(run_dir, "eval", "vqav2_val", "predictions.json"))
+    assert sorted(p["question_id"] for p in val) == sorted(
+        q["question_id"] for q in _load(data["vqav2_val_questions"])["questions"])
+    assert all(set(p) == {"question_id", "answer"} and isinstance(p["answer"], str) for p in val)
+    assert 0 <= _load(os.path.join(run_dir, "eval", "vqav2_val", "scores.json"))["accuracy"] <= 100
+    test_dev = _load(os.path.join(run_dir, "eval", "vqav2_test-dev", "predictions.json"))
+    assert [p["question_id"] for p in test_dev] == [1007, 16007]
+    assert not os.path.exists(os.path.join(run_dir, "eval", "vqav2_test-dev", "scores.json"))
+    assert _load(os.path.join(run_dir, "eval", "okvqa", "scores.json"))["num_questions"] == 2
+    gqa = _load(os.path.join(run_dir, "eval", "gqa", "predictions.json"))
+    assert sorted(p["questionId"] for p in gqa) == ["200", "201"] and all(set(p) == {"questionId", "prediction"}
+                                                                         for p in gqa)
+    captions = _load(os.path.join(run_dir, "eval", "coco_caption", "predictions.json"))
+    assert sorted(c["image_id"] for c in captions) == sorted(publisher_files.COCO_VAL_IDS)
+    assert {"CIDEr", "Bleu_4"} <= set(_load(os.path.join(run_dir, "eval", "coco_caption", "scores.json")))
+    retrieval = _load(os.path.join(run_dir, "eval", "coco_retrieval", "scores.json"))
+    assert retrieval["num_images"] == 3 and retrieval["num_texts"] == 15
+
+
+def test_scoring_a_result_file_gives_the_hand_worked_accuracy(tree, outputs, tmp_path):
+    argv = next(a for label, (a, _, _) in outputs.items() if label.startswith("score"))
+    predictions, expected = publisher_files.vqa_predictions(tree["data"])
+    path = tmp_path / "predictions.json"
+    path.write_text(json.dumps(predictions))
+    argv = [a if not a.startswith("--predictions=") else f"--predictions={path}" for a in argv]
+    assert json.loads(run(argv, cwd=REPO).strip().splitlines()[-1])["accuracy"] == expected
+
+
+def test_the_export_loads_in_pytorch_and_captions_like_the_jax_run(tree, outputs):
+    import torch
+    from xformer_jax.torch import from_pretrained
+    out = os.path.join(tree["env"]["RUN"], "export", "stage2")
+    model = from_pretrained(out)
+    assert type(model).__name__ == "XFormerForConditionalGeneration"
+    pixels = torch.zeros(1, 3, 32, 32)
+    tokens = model.generate(pixels, mae_pixel_values=pixels, max_new_tokens=2, num_beams=1)
+    assert tokens.shape[0] == 1
+
+
+def _replaced(argv: list[str], flag: str, value) -> list[str]:
+    """argv with `flag` set to `value` (None drops it)."""
+    out = [a for a in argv if not a.startswith(flag + "=")]
+    return out if value is None else out + [f"{flag}={value}"]
+
+
+MISTAKES = {  # the page's command with one mistake -> the key the one-line error must name
+    "annotation file": ("stage1", "--config.data.path", "{DATA}/coco/annotations/coco_karpathy_trian.json",
+                        "config.data.path"),
+    "image roots": ("stage1", "--config.data.image_root", "{DATA}/coco/images", "config.data.image_root"),
+    "tower directory": ("stage1", "--config.model.vision.hf_dir", "{CKPT}/blip2-opt-6.7b",
+                        "config.model.vision.hf_dir"),
+    "no MAE weights": ("stage1", "--config.model.mae.hf_dir", None, "config.model.mae"),
+    "BERT without vocab": ("stage1", "--config.model.qformer.bert_dir", "{CKPT}/vit-mae-huge",
+                           "config.model.qformer.bert_dir"),
+    "a size that disagrees": ("stage1", "--config.model.vision.hidden_size", "48", "config.model.vision.hidden_size"),
+    "warmup past the run": ("stage1", "--config.optim.warmup_steps", "50", "config.optim.warmup_steps"),
+    "LLM without tokenizer": ("stage2", "--config.model.llm.hf_dir", "{CKPT}/vit-mae-huge",
+                              "config.model.llm.hf_dir"),
+    "questions file": ("vqa:--out={RUN}/eval/vqav2_val", "--questions", "{DATA}/vqav2/questions.json", "--questions"),
+}
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_a_mistake_stops_within_seconds_naming_its_key_and_writes_nothing(tree, outputs, mistake, tmp_path):
+    label, flag, value, key = MISTAKES[mistake]
+    env = tree["env"]
+    argv, _, _ = outputs[label.format(**env)]
+    shrink = size_flags(argv) if argv[1].endswith("train.py") else []
+    if label == "stage2":  # the towers as stage 1 was trained (see `outputs`)
+        shrink = [f for f in outputs["stage1"][0] if f.startswith("--config.model.")] and shrink
+    workdir = str(tmp_path / "run")
+    argv = [a if not a.startswith(("--workdir=", "--out=")) else a.split("=")[0] + "=" + workdir for a in argv]
+    argv = _replaced(argv + [f for f in shrink if not f.startswith(flag + "=")], flag,
+                     value if value is None else value.format(**env))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=subprocess_env(8), capture_output=True,
+                          text=True, timeout=120)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not line.startswith("I1")]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert key in lines[-1], lines[-1]
+    assert time.monotonic() - start < 30
+    assert not os.path.exists(workdir)
