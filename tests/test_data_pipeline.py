@@ -361,10 +361,12 @@ def test_start_up_errors_name_the_config_key(json_data, shards, tmp_path):
         make_eval_dataset(make_config(kind="json", path=json_data["train"], image_root=json_data["images"]),
                           process_index=0, process_count=1)
     with pytest.raises(ValueError, match="config.data.min_scale"):
-        make(kind="json", path=json_data["train"], min_scale=0.0)
-    # Nothing readable: every image is missing (wrong image_root) or every shard broken.
-    with pytest.raises(ValueError, match=f"nothing readable in {re.escape(json_data['train'])}"):
+        make(kind="json", path=json_data["train"], image_root=json_data["images"], min_scale=0.0)
+    # A root that is not the folder the file's paths start from: its first image is looked up at start-up.
+    with pytest.raises(ValueError, match=f"config.data.image_root: .*, the first image {re.escape(json_data['train'])} "
+                                         "names, does not exist"):
         make(kind="json", path=json_data["train"], image_root=str(tmp_path))
+    # Nothing readable: every shard broken.
     with pytest.raises(ValueError, match="nothing readable|holds no examples"):
         make(kind="webdataset", path=str(shards["root"] / "{00004..00005}.tar"))
 

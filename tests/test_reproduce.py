@@ -85,9 +85,21 @@ def tree(tmp_path_factory):
     return {"root": root, "data": data, "env": env}
 
 
+def label(argv: list[str]) -> str:
+    """stage1 / stage2 for training, MODE:OUT for evaluations (score: "score"), export."""
+    script = os.path.basename(argv[1])
+    if script == "train.py":
+        return "stage1" if ":stage1" in argv[2] else "stage2"
+    if script == "evaluate.py":
+        out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), "")
+        return f"{argv[2]}:{os.path.basename(out)}" if out else argv[2]
+    return script.removesuffix(".py")
+
+
 @pytest.fixture(scope="module")
 def outputs(tree):
-    """Every command of the page in order, with the shrinking flags; {label: (argv, output)}."""
+    """Every command of the page in order, with the shrinking flags: {label: (argv as the page writes it,
+    output, seconds, the flags appended)}."""
     results, tower_flags = {}, []
     for argv in page_commands():
         argv = expand(argv, tree["env"])
@@ -98,10 +110,8 @@ def outputs(tree):
             tower_flags = tower_flags or [f for f in extra if f.startswith(("--config.model.vision.",
                                                                              "--config.model.mae.",
                                                                              "--config.model.qformer."))]
-        label = script if script != "evaluate.py" else f"{mode}:{next(a for a in argv if a.startswith('--out')) if mode != 'score' else ''}"
-        label = {"train.py": "stage1" if "stage1" in argv[2] else "stage2"}.get(script, label)
         start = time.monotonic()
-        results[label] = (argv, run(argv + extra, cwd=REPO), time.monotonic() - start)
+        results[label(argv)] = (argv, run(argv + extra, cwd=REPO), time.monotonic() - start, extra)
     return results
 
 
@@ -149,7 +159,7 @@ def test_evaluations_write_the_official_formats(tree, outputs):
 
 
 def test_scoring_a_result_file_gives_the_hand_worked_accuracy(tree, outputs, tmp_path):
-    argv = next(a for label, (a, _, _) in outputs.items() if label.startswith("score"))
+    argv = outputs["score"][0]
     predictions, expected = publisher_files.vqa_predictions(tree["data"])
     path = tmp_path / "predictions.json"
     path.write_text(json.dumps(predictions))
@@ -187,21 +197,19 @@ MISTAKES = {  # the page's command with one mistake -> the key the one-line erro
     "warmup past the run": ("stage1", "--config.optim.warmup_steps", "50", "config.optim.warmup_steps"),
     "LLM without tokenizer": ("stage2", "--config.model.llm.hf_dir", "{CKPT}/vit-mae-huge",
                               "config.model.llm.hf_dir"),
-    "questions file": ("vqa:--out={RUN}/eval/vqav2_val", "--questions", "{DATA}/vqav2/questions.json", "--questions"),
+    "questions file": ("vqa:vqav2_val", "--questions", "{DATA}/vqav2/questions.json", "--questions"),
 }
 
 
 @pytest.mark.parametrize("mistake", MISTAKES)
 def test_a_mistake_stops_within_seconds_naming_its_key_and_writes_nothing(tree, outputs, mistake, tmp_path):
-    label, flag, value, key = MISTAKES[mistake]
+    where, flag, value, key = MISTAKES[mistake]
     env = tree["env"]
-    argv, _, _ = outputs[label.format(**env)]
-    shrink = size_flags(argv) if argv[1].endswith("train.py") else []
-    if label == "stage2":  # the towers as stage 1 was trained (see `outputs`)
-        shrink = [f for f in outputs["stage1"][0] if f.startswith("--config.model.")] and shrink
+    argv, _, _, extra = outputs[where]
     workdir = str(tmp_path / "run")
-    argv = [a if not a.startswith(("--workdir=", "--out=")) else a.split("=")[0] + "=" + workdir for a in argv]
-    argv = _replaced(argv + [f for f in shrink if not f.startswith(flag + "=")], flag,
+    written = "--workdir=" if where.startswith("stage") else "--out="  # where the command would write
+    argv = [a if not a.startswith(written) else written + workdir for a in argv]
+    argv = _replaced(argv + [f for f in extra if not f.startswith(flag + "=")], flag,
                      value if value is None else value.format(**env))
     start = time.monotonic()
     proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=subprocess_env(8), capture_output=True,

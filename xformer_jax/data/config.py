@@ -1,6 +1,9 @@
 """The `data` sub-config: every input-pipeline knob, with its default, and start-up validation."""
 from __future__ import annotations
 
+import json
+import re
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -80,6 +83,8 @@ def validate(data: ml_collections.ConfigDict) -> None:
             _must_exist("path", path)
         for root in filter(None, set(image_roots(data.image_root, len(files)))):
             _must_exist("image_root", root)
+        for path, root in zip(files, image_roots(data.image_root, len(files))):
+            _first_image_found("image_root", path, root)
         if data.eval_path:
             eval_files = data.eval_path.split("::")
             for path in eval_files:
@@ -87,6 +92,8 @@ def validate(data: ml_collections.ConfigDict) -> None:
             key = "eval_image_root" if data.eval_image_root else "image_root"
             for root in filter(None, set(image_roots(data[key], len(eval_files), key))):
                 _must_exist(key, root)
+            for path, root in zip(eval_files, image_roots(data[key], len(eval_files), key)):
+                _first_image_found(key, path, root)
     if data.kind == "webdataset":
         for key in ("path", "eval_path"):
             if data[key]:
@@ -113,6 +120,22 @@ def validate(data: ml_collections.ConfigDict) -> None:
         _must_exist("vocab_path", data.vocab_path)
     if data.llm_tokenizer_path:
         _must_exist("llm_tokenizer_path", data.llm_tokenizer_path)
+
+
+_FIRST_IMAGE = re.compile(r'"image"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _first_image_found(key: str, path: str, root: str) -> None:
+    """The first image an annotation file names (read from its first 64 KB) exists under its root: a root
+    that is not the folder the file's paths are relative to would otherwise skip every one of its images."""
+    head = storage.read_range(path, 0, min(1 << 16, storage.getsize(path)))
+    match = _FIRST_IMAGE.search(head.decode("utf-8", "replace"))
+    if not match:
+        return
+    image = storage.join(root or storage.dirname(storage.absolute(path)), json.loads(match.group(1)))
+    if not storage.exists(image):
+        raise ValueError(f"config.data.{key}: {image}, the first image {path} names, does not exist: the image "
+                         f"root of that file ({root or 'its own folder'}) is not the folder its paths start from")
 
 
 def image_roots(image_root: str, num_files: int, key: str = "image_root") -> list[str]:
