@@ -7,6 +7,7 @@ ITC / ITM outputs and the greedy caption of `Captioner`).
 import json
 import os
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -25,7 +26,8 @@ from xformer_jax.data import bpe, synthetic
 from xformer_jax.predict.captions import Captioner
 from xformer_jax.predict.restore import restore_run
 from xformer_jax.train import build, checkpointing, loop
-from xformer_jax.torch import XFormerForConditionalGeneration, XFormerForImageTextRetrieval, from_pretrained
+from xformer_jax.torch import (XFormerForConditionalGeneration, XFormerForImageTextRetrieval, XFormerProcessor,
+                               from_pretrained)
 
 TOL = 1e-4
 IMAGE_TOKEN = 63  # the last row of the tiny OPT's 64-token vocabulary
@@ -217,6 +219,39 @@ def test_xformer_stage2_export_matches_the_jax_model(stage2_run):
         captioner.tokenizer.eos_id, captioner.tokenizer.pad_id, 5, 20)
 
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def readme_snippet(marker: str, replacements: dict) -> str:
+    """README's python block holding `marker`, with its paths replaced."""
+    readme = open(os.path.join(REPO, "README.md")).read()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if marker in block)
+    for old, new in replacements.items():
+        assert old in code, old
+        code = code.replace(old, new)
+    return code
+
+
+def test_readme_snippet_runs_on_the_xformer_export_with_the_runs_image_settings(stage2_run, capsys):
+    """README's export snippet as written (paths aside): XFormerProcessor feeds the exported model the
+    pixels, MAE pixels and prompt ids the JAX run feeds itself, and generate's caption is the run's."""
+    root, report = stage2_run
+    assert {"preprocessor_config.json", hf_export.MAE_PROCESSOR_FILE} <= set(report.files)
+    image_path = sorted((root / "data" / "images" / "val").iterdir())[0]
+    captioner = Captioner.from_workdir(str(root / "run"))  # the export's decoding: 5 beams, up to 20 tokens
+    processor = XFormerProcessor.from_pretrained(str(root / "export"))
+    inputs = processor(images=Image.open(image_path), text="a photo of")
+    pixels, mae_pixels = captioner.pixels([Image.open(image_path)])
+    ids, _ = captioner.prompt_ids(["a photo of"])
+    assert max_diff(inputs["pixel_values"], pixels) < 1e-5 and max_diff(inputs["mae_pixel_values"], mae_pixels) < 1e-5
+    assert inputs["input_ids"].tolist() == ids.tolist()
+    exec(readme_snippet("XFormerProcessor.from_pretrained", {
+        "export/demo_stage2": str(root / "export"),
+        "workdir/demo/data/images/test/test_000000.png": str(image_path)}), {})
+    printed = eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert f"a photo of {printed[0].strip()}" == captioner.caption([Image.open(image_path)])[0]
+
+
 def test_blip2_run_exports_for_transformers_processor_and_generate(stage2_run, tmp_path):
     """A blip2-fusion run with an EVA tower (random, step 0) as transformers' Blip2ForConditionalGeneration:
     Blip2Processor builds the run's inputs ([image tokens; bos; prompt], its pixels), and `generate` with
@@ -247,6 +282,10 @@ def test_blip2_run_exports_for_transformers_processor_and_generate(stage2_run, t
     tokens = model.generate(**inputs, generation_config=generation, num_beams=1, max_new_tokens=6)
     new = tokens[0, inputs["input_ids"].shape[1]:].numpy()
     assert f"a photo of {captioner._decode(new)}".strip() == captioner.caption([image])[0]
+    exec(readme_snippet("Blip2Processor.from_pretrained", {  # README's snippet, as written but for its paths
+        '"export/blip2_stage2"': repr(str(tmp_path / "export")),
+        "workdir/demo/data/images/test/test_000000.png": str(sorted((root / "data" / "images" / "val").iterdir())[0])}),
+        {})
 
 
 @pytest.fixture(scope="module")

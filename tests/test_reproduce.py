@@ -167,15 +167,18 @@ def test_scoring_a_result_file_gives_the_hand_worked_accuracy(tree, outputs, tmp
     assert json.loads(run(argv, cwd=REPO).strip().splitlines()[-1])["accuracy"] == expected
 
 
-def test_the_export_loads_in_pytorch_and_captions_like_the_jax_run(tree, outputs):
-    import torch
-    from xformer_jax.torch import from_pretrained
+def test_the_export_loads_in_pytorch_with_the_runs_image_settings(tree, outputs):
+    from PIL import Image
+    from xformer_jax.torch import XFormerProcessor, from_pretrained
     out = os.path.join(tree["env"]["RUN"], "export", "stage2")
-    model = from_pretrained(out)
+    model, processor = from_pretrained(out), XFormerProcessor.from_pretrained(out)
     assert type(model).__name__ == "XFormerForConditionalGeneration"
-    pixels = torch.zeros(1, 3, 32, 32)
-    tokens = model.generate(pixels, mae_pixel_values=pixels, max_new_tokens=2, num_beams=1)
-    assert tokens.shape[0] == 1
+    image = Image.open(os.path.join(tree["data"]["coco_images"], publisher_files.coco_name("val2014", 73)))
+    inputs = processor(images=image, text="a photo of")
+    assert inputs["pixel_values"].shape == inputs["mae_pixel_values"].shape == (1, 3, 32, 32)
+    assert processor.image_processor.image_mean != processor.mae_image_processor.image_mean  # CLIP's vs ImageNet's
+    tokens = model.generate(**inputs, max_new_tokens=2, num_beams=1)
+    assert isinstance(processor.batch_decode(tokens, skip_special_tokens=True)[0], str)
 
 
 def _replaced(argv: list[str], flag: str, value) -> list[str]:

@@ -7,7 +7,9 @@ Two formats:
            `num_query_tokens` and a generation_config.json that transformers' `generate` needs).
   xformer  every variant: the same names plus the fusion and MAE weights (`tables.stage_model`), read
            by `xformer_jax.torch` (from_pretrained / generate).
-"auto" picks hf when the model can be expressed that way, xformer otherwise.
+"auto" picks hf when the model can be expressed that way, xformer otherwise. Both write the image
+processors' settings (preprocessor_config.json for the tower, mae_preprocessor_config.json for an MAE tower)
+and, at stage 2, the LLM tokenizer and generation_config.json.
 
 The renames are the import tables inverted (`mapping.flax_to_hf`); towers are written truncated to
 the blocks the Q-Former reads (the checkpoint holds no others). No torch here: safetensors are written
@@ -29,6 +31,7 @@ from xformer_jax.data.tokenizers import LLMTokenizer, load_llm_tokenizer
 from xformer_jax.train import build
 
 FORMATS = ("auto", "hf", "xformer")
+MAE_PROCESSOR_FILE = "mae_preprocessor_config.json"  # read by xformer_jax.torch.processing
 CAPTION_DECODING = {"num_beams": 5, "max_new_tokens": 20, "min_new_tokens": 1}  # predict.captions.Captioner's defaults
 
 
@@ -132,8 +135,8 @@ def _generation_config(model_config, tokenizer, suppress: Optional[int]) -> dict
 
 
 def _tokenizer_files(config, out: str, tokenizer, export_format: str, model_config) -> list[str]:
-    """tokenizer.json (+ a tokenizer_config.json for AutoTokenizer) and, for hf, Blip2Processor's
-    settings: the number of image tokens and BlipImageProcessor's resize / normalisation."""
+    """tokenizer.json (+ a tokenizer_config.json for AutoTokenizer) and, for hf, Blip2Processor's number of
+    image tokens."""
     data = config.data
     fast = load_llm_tokenizer(config.data.llm_tokenizer_path)
     if fast.post_processor is None:  # the run prepends bos itself (LLMTokenizer); transformers' tokenizer must too
@@ -148,15 +151,34 @@ def _tokenizer_files(config, out: str, tokenizer, export_format: str, model_conf
         "pad_token": data.llm_pad_token, "padding_side": "left"})
     files = ["tokenizer.json", "tokenizer_config.json"]
     if export_format == "hf":
-        size = model_config.vision.image_size
         _write_json(storage.join(out, "processor_config.json"), {
             "processor_class": "Blip2Processor", "num_query_tokens": model_config.qformer.num_query_tokens})
-        _write_json(storage.join(out, "preprocessor_config.json"), {
-            "image_processor_type": "BlipImageProcessor", "processor_class": "Blip2Processor",
-            "do_resize": True, "size": {"height": size, "width": size}, "resample": 3, "do_rescale": True,
-            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(data.clip_mean),
-            "image_std": list(data.clip_std), "do_convert_rgb": True})
-        files += ["processor_config.json", "preprocessor_config.json"]
+        files.append("processor_config.json")
+    return files
+
+
+def _image_processor(side: int, mean, std, **extra) -> dict:
+    """transformers' BlipImageProcessor doing what the run's evaluation transform does (data/transforms.py):
+    RGB, a bicubic resize of the whole image to side x side, /255, normalised per channel."""
+    return {"image_processor_type": "BlipImageProcessor", "do_resize": True, "size": {"height": side, "width": side},
+            "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+            "image_mean": list(mean), "image_std": list(std), "do_convert_rgb": True, **extra}
+
+
+def _image_processor_files(config, out: str, export_format: str, model_config) -> list[str]:
+    """preprocessor_config.json (the tower's pixel_values: CLIP / EVA normalisation at its side) and, for a
+    model with an MAE tower, MAE_PROCESSOR_FILE (mae_pixel_values: ImageNet normalisation at the MAE's side),
+    so that a PyTorch user feeds the exported model what the run was trained on (xformer_jax.torch's
+    XFormerProcessor reads both)."""
+    data = config.data
+    extra = {"processor_class": "Blip2Processor"} if export_format == "hf" else {}
+    _write_json(storage.join(out, "preprocessor_config.json"),
+                _image_processor(model_config.vision.image_size, data.clip_mean, data.clip_std, **extra))
+    files = ["preprocessor_config.json"]
+    if model_config.mae is not None:
+        _write_json(storage.join(out, MAE_PROCESSOR_FILE),
+                    _image_processor(model_config.mae.image_size, data.mae_mean, data.mae_std))
+        files.append(MAE_PROCESSOR_FILE)
     return files
 
 
@@ -206,6 +228,7 @@ def export(source: str, out: str, *, export_format: str = "auto", dtype: str = "
     files = safetensors_write.save(out, {name: tensors[name] for name in sorted(tensors)}, max_shard_size, dtype)
     _write_json(storage.join(out, "config.json"), hf_config)
     files.append("config.json")
+    files += _image_processor_files(config, out, export_format, model_config)
     if stage == "stage2":
         _write_json(storage.join(out, "generation_config.json"), _generation_config(model_config, tokenizer, suppress))
         files.append("generation_config.json")
