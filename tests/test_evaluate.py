@@ -118,6 +118,34 @@ def test_caption_run_scores_the_text_after_the_prompt(runs, capsys):
     assert [p["caption"] for p in predictions] == captioner.answer(images, [captions.CAPTION_PROMPT] * 8)
 
 
+def test_caption_run_reads_the_coco_captions_format_and_predicts_only_without_captions(runs, capsys):
+    """The same images as a COCO captions file (images with file names + annotations) score as the LAVIS
+    split does; as an image_info file (images only, as COCO ships its test sets) they are captioned only."""
+    data, out = runs["paths"], runs["out"]
+    split = _load(data["caption_val"])
+    images = [{"id": 500 + k, "file_name": e["image"], "height": 64, "width": 64} for k, e in enumerate(split)]
+    annotations = [{"image_id": 500 + k, "caption": c, "id": 10 * k + j}
+                   for k, e in enumerate(split) for j, c in enumerate(e["caption"])]
+    coco = out / "captions_val.json"
+    coco.write_text(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations}))
+    evaluate.main(["caption", f"--workdir={runs['stage2']}", f"--images={coco}", f"--image_root={data['root']}",
+                   f"--out={out / 'caption_coco'}", *DECODING])
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lavis = _load(out / "caption" / "predictions.json")  # test_caption_run_scores_the_text_after_the_prompt's
+    predictions = _load(out / "caption_coco" / "predictions.json")
+    assert [p["image_id"] for p in predictions] == [im["id"] for im in images]
+    assert [p["caption"] for p in predictions] == [p["caption"] for p in lavis]
+    assert scores["CIDEr"] == pytest.approx(_load(out / "caption" / "scores.json")["CIDEr"])
+
+    info = out / "image_info_test.json"
+    info.write_text(json.dumps({"info": {}, "licenses": [], "images": images[:3]}))
+    evaluate.main(["caption", f"--workdir={runs['stage2']}", f"--images={info}", f"--image_root={data['root']}",
+                   f"--out={out / 'caption_test'}", *DECODING])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["num_images"] == 3 and not (out / "caption_test" / "scores.json").exists()
+    assert _load(printed["predictions"]) == predictions[:3]
+
+
 def test_retrieval_refuses_a_stage2_run(runs):
     data = runs["paths"]
     with pytest.raises(SystemExit, match="stage2 run"):

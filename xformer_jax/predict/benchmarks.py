@@ -13,8 +13,9 @@ launch/evaluate.py and the demo's recipe both run these.
                   number in them. Submission [{"question_id", "answer"}].
   Captioning      COCO (Karpathy) splits as LAVIS ships them ([{"image", "caption": [...], "image_id"?}]) or in
                   the COCO captions format ({"images": [{"id", "file_name"}], "annotations": [{"image_id",
-                  "caption"}]}); scored against a COCO ground-truth file, or else the captions the file itself
-                  carries. Submission [{"image_id", "caption"}].
+                  "caption"}]}; a test set's image_info file has no annotations); scored against a COCO
+                  ground-truth file, or else the captions the file itself carries, if any. Submission
+                  [{"image_id", "caption"}].
 Retrieval (Flickr30k / COCO splits as LAVIS ships them) is `predict.rankings`.
 """
 import dataclasses
@@ -74,10 +75,10 @@ def read_captions(path: str, image_root: str) -> tuple[list[dict], Optional[dict
     """([{"image": full path, "image_id"}] one per image, the ground truth in the COCO captions format or None)
     of a LAVIS caption split or a COCO captions file."""
     data = _read(path)
-    if isinstance(data, dict) and {"images", "annotations"} <= data.keys():
+    if isinstance(data, dict) and "images" in data:  # COCO's format; test sets (image_info_*) have no annotations
         images = [{"image": storage.join(image_root, im["file_name"]), "image_id": im["id"]}
                   for im in _entries(data["images"], ("id", "file_name"), path)]
-        return images, data if data["annotations"] else None
+        return images, data if data.get("annotations") else None
     entries = _entries(data, ("image",), path)
     images, truth = {}, []
     for entry in entries:
