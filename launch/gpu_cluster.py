@@ -87,8 +87,7 @@ def parse(argv, environ):
 
 
 def _base(args) -> list[str]:
-    command = list(args.command)
-    return [args.python] + command if command[0].endswith(".py") else command
+    return script_args.with_interpreter(list(args.command), args.python)
 
 
 def _env(args, extra=()) -> str:

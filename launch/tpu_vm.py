@@ -68,9 +68,7 @@ def ssh(args, remote: str) -> list[str]:
 
 def remote_command(args) -> str:
     """The shell line every worker runs for the user's command."""
-    command = list(args.command)
-    if command[0].endswith(".py"):
-        command = [args.python] + command
+    command = script_args.with_interpreter(list(args.command), args.python)
     env = [f"{k}={shlex.quote(v)}" for k, _, v in (pair.partition("=") for pair in args.env)]
     line = " ".join(env + [shlex.join(command)])
     if args.background:

@@ -57,5 +57,14 @@ def test_the_launchers_run_the_readme_install(capsys):
         assert lines[0][2] == " && ".join(["cd /shared/xj", *script_args.install_lines(platform)])
 
 
+def test_a_command_written_with_python_runs_in_the_hosts_venv(capsys):
+    """docs/reproduce.md writes `python launch/train.py ...`; the workers run it with their venv's Python."""
+    for command in (["python", "launch/train.py", "--workdir=w"], ["launch/train.py", "--workdir=w"]):
+        tpu_vm.main(["--tpu=pod", "--zone=z", "--copy=none", "--setup=none", "--dry_run", "--", *command])
+        assert "cd xformer-jax && .venv/bin/python launch/train.py --workdir=w" in capsys.readouterr().out
+        gpu_cluster.main(["--hosts=h1", "--repo_dir=/shared/xj", "--dry_run", "--", *command], environ={})
+        assert ".venv/bin/python launch/train.py --workdir=w" in capsys.readouterr().out
+
+
 def test_the_named_extras_exist():
     assert {"gpu", "gpu-cuda13", "tpu", "gcs", "plan", "test", "torch"} <= setup_extras()

@@ -40,6 +40,14 @@ def add_command_flags(parser: argparse.ArgumentParser, command_help: str) -> Non
     parser.add_argument("command", nargs=argparse.REMAINDER, help=command_help)
 
 
+def with_interpreter(command: list[str], python: str) -> list[str]:
+    """The command a launcher runs on every host: `launch/x.py ...` or, as README and docs/reproduce.md write
+    it, `python launch/x.py ...`, run by the hosts' `python` (their venv); any other command as given."""
+    if command[:1] in (["python"], ["python3"]) and command[1:2] and command[1].endswith(".py"):
+        command = command[1:]
+    return [python] + command if command[0].endswith(".py") else command
+
+
 def check_command_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Drops the `--` before the command; fails on an empty command or an --env that is not KEY=VALUE."""
     args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
