@@ -232,13 +232,18 @@ def main():
     parser = script_args.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="workdir/demo", help="a local directory (the demo's caches, "
                         "plots and synthetic data live on local disk)")
+    parser.add_argument("--scale", type=float, default=1.0, help="every training length (towers, LLM, stage 1, "
+                        "stage 2) times this: 1 fits 15 minutes on 2 CPU cores; a GPU affords more")
     args = parser.parse_args()
     if storage.is_url(args.workdir):
         parser.error(f"--workdir={args.workdir}: the demo runs in a local directory; a bucket is for "
                      "launch/train.py runs")
+    if not args.scale > 0:
+        parser.error(f"--scale={args.scale}: must be > 0")
     logging.getLogger().setLevel(logging.WARNING)
-    run_demo(demo_config.get_config("stage1"), demo_config.get_config("stage2"), os.path.abspath(args.workdir),
-             recipe.Budget())
+    stage1, stage2, budget = recipe.scaled(demo_config.get_config("stage1"), demo_config.get_config("stage2"),
+                                           recipe.Budget(), args.scale)
+    run_demo(stage1, stage2, os.path.abspath(args.workdir), budget)
 
 
 if __name__ == "__main__":

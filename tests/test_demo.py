@@ -129,3 +129,20 @@ def test_mini_paper_variants_change_only_the_fusion_and_the_reconstruction_weigh
     assert base.loss.weights.rec == 1.0 and base.model.fusion.kind == "xformer"
     with pytest.raises(ValueError, match="unknown variant 'xattn'"):
         mini_paper.variant_config(base, "xattn", seed=0)
+
+
+def test_scale_stretches_every_training_length_and_keeps_the_rest(monkeypatch, capsys):
+    from xformer_jax.configs import demo as demo_config
+    stage1, stage2, budget = demo_config.get_config("stage1"), demo_config.get_config("stage2"), recipe.Budget()
+    long1, long2, long_budget = recipe.scaled(stage1, stage2, budget, 3)
+    for short, long in ((stage1, long1), (stage2, long2)):
+        assert long.total_steps == 3 * short.total_steps and long.optim.warmup_steps == 3 * short.optim.warmup_steps
+        assert long.eval_every == 3 * short.eval_every and long.optim.lr == short.optim.lr
+        assert long.model.to_dict() == short.model.to_dict() and long.data.to_dict() == short.data.to_dict()
+    assert (long_budget.tower_steps, long_budget.llm_steps) == (3 * budget.tower_steps, 3 * budget.llm_steps)
+    assert long_budget.tower_batch_size == budget.tower_batch_size and stage1.total_steps == 200  # copies
+    assert recipe.scaled(stage1, stage2, budget, 1) == (stage1, stage2, budget)
+    monkeypatch.setattr("sys.argv", ["demo.py", "--scale=0"])
+    with pytest.raises(SystemExit):
+        demo.main()
+    assert "--scale=0.0: must be > 0" in capsys.readouterr().err

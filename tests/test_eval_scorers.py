@@ -432,12 +432,12 @@ def test_evaluate_modes_default_to_lavis_decoding_and_question_cleaning(monkeypa
         seen.extend(prompts)
         return ["x"] * len(prompts)
 
-    from xformer_jax.predict import captions
-    monkeypatch.setattr(captions, "generate_texts", generate_texts)
-    monkeypatch.setattr(evaluate, "_captioner", lambda args: None)
-    evaluate._answers(vqa, ["What is ON the table?", 'Is it "red"!'], ["a.png", "b.png"])
+    from xformer_jax.predict import benchmarks
+    monkeypatch.setattr(benchmarks, "generate_texts", generate_texts)
+    questions = [benchmarks.Question(1, "What is ON the table?", "a.png"), benchmarks.Question(2, 'Is it "red"!', "b.png")]
+    benchmarks.answer(None, questions, 2, vqa.prompt, clean=vqa.clean_questions)
     assert seen == ["Question: what is on the table? Short answer:", "Question: is it red Short answer:"]
     seen.clear()
     raw = evaluate._parser().parse_args(["vqa", *common, "--questions=q", "--annotations=a", "--no-clean_questions"])
-    evaluate._answers(raw, ["What is ON the table?"], ["a.png"])
+    benchmarks.answer(None, questions[:1], 1, raw.prompt, clean=raw.clean_questions)
     assert seen == ["Question: What is ON the table? Short answer:"]

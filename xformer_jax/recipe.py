@@ -61,6 +61,28 @@ class Budget:
     eval_batch_size: int = 32
 
 
+def scaled(stage1: ml_collections.ConfigDict, stage2: ml_collections.ConfigDict, budget: Budget,
+           scale: float) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict, Budget]:
+    """Every training length times `scale` (towers, LLM, stage 1, stage 2, with their warmups and evaluation
+    intervals), for a machine faster than the 2-core CPU the default lengths fit: the same recipe, longer."""
+    if not scale > 0:
+        raise ValueError(f"scale={scale!r} must be > 0")
+    if scale == 1:
+        return stage1, stage2, budget
+    stretch = lambda steps: max(1, round(steps * scale))  # noqa: E731
+    configs = []
+    for config in (stage1, stage2):
+        config = copy.deepcopy(config)
+        config.total_steps = stretch(config.total_steps)
+        config.optim.warmup_steps = min(stretch(config.optim.warmup_steps), config.total_steps - 1)
+        for key in ("checkpoint_every", "eval_every"):
+            if config[key]:
+                config[key] = stretch(config[key])
+        configs.append(config)
+    return (*configs, dataclasses.replace(budget, tower_steps=stretch(budget.tower_steps),
+                                          llm_steps=stretch(budget.llm_steps)))
+
+
 def dataset(config: ml_collections.ConfigDict) -> dict:
     """Writes (or reuses) the synthetic dataset config.data describes; returns its paths."""
     return synthetic.write_dataset(config.data.path, **config.data.synthetic.to_dict())
