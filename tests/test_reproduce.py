@@ -2,6 +2,7 @@
 hub repository's layout and tiny files in the official formats (tests/publisher_files.py): only $CKPT /
 $DATA / $RUN and, by flags appended to each command, the sizes are shrunk. Then every output is checked,
 and the mistakes a user can type stop within seconds naming their key, with nothing written."""
+import functools
 import json
 import os
 import re
@@ -187,15 +188,13 @@ def _replaced(argv: list[str], flag: str, value) -> list[str]:
     return out if value is None else out + [f"{flag}={value}"]
 
 
-MISTAKES = {  # the page's command with one mistake -> the key the one-line error must name
+# The page's command with one mistake -> the key the one-line error must name (tests/test_preflight.py tries
+# every checkpoint-directory mistake in-process).
+MISTAKES = {
     "annotation file": ("stage1", "--config.data.path", "{DATA}/coco/annotations/coco_karpathy_trian.json",
                         "config.data.path"),
     "image roots": ("stage1", "--config.data.image_root", "{DATA}/coco/images", "config.data.image_root"),
-    "tower directory": ("stage1", "--config.model.vision.hf_dir", "{CKPT}/blip2-opt-6.7b",
-                        "config.model.vision.hf_dir"),
     "no MAE weights": ("stage1", "--config.model.mae.hf_dir", None, "config.model.mae"),
-    "BERT without vocab": ("stage1", "--config.model.qformer.bert_dir", "{CKPT}/vit-mae-huge",
-                           "config.model.qformer.bert_dir"),
     "a size that disagrees": ("stage1", "--config.model.vision.hidden_size", "48", "config.model.vision.hidden_size"),
     "warmup past the run": ("stage1", "--config.optim.warmup_steps", "50", "config.optim.warmup_steps"),
     "LLM without tokenizer": ("stage2", "--config.model.llm.hf_dir", "{CKPT}/vit-mae-huge",
@@ -222,3 +221,27 @@ def test_a_mistake_stops_within_seconds_naming_its_key_and_writes_nothing(tree, 
     assert key in lines[-1], lines[-1]
     assert time.monotonic() - start < 30
     assert not os.path.exists(workdir)
+
+
+def test_the_one_node_variant_reads_clip_and_mae_large_as_published(tree, tmp_path):
+    """The page's one-node flags on configs/vit_l.py: CLIPModel's vision tower and MAE ViT-L pass the start-up
+    checks and give the run their architecture (not trained here: the paper path above is)."""
+    from xformer_jax.train import loop
+    one_node = PAGE.read_text().split("**One node**", 1)[1].split("\n\n", 1)[0]
+    flags = re.findall(r"--config\.model\.(?:vision|mae)\.hf_dir=\$CKPT/[\w.-]+", one_node)
+    assert [f.split("=")[0] for f in flags] == ["--config.model.vision.hf_dir", "--config.model.mae.hf_dir"]
+    argv = ["python", "launch/train.py", "--config=configs/vit_l.py:stage1", *expand(flags, tree["env"]),
+            f"--config.model.qformer.bert_dir={tree['env']['CKPT']}/bert-base-uncased"]
+    config = load_file(str(REPO / "configs" / "vit_l.py") + ":stage1")
+    for flag in argv[3:] + size_flags(argv):  # as the command line would set them
+        key, value = flag[len("--config."):].split("=", 1)
+        *path, name = key.split(".")
+        section = functools.reduce(lambda c, k: c[k], path, config)
+        current = section[name]
+        section[name] = (value == "True" if isinstance(current, bool) else
+                         type(current)(value) if isinstance(current, (int, float)) else value)
+    config.data.update(kind="json", path=tree["data"]["coco_train"], image_root=tree["data"]["coco_images"])
+    prepared = loop.prepare(config, str(tmp_path / "run"))
+    assert prepared.model.vision.kind == "clip" and prepared.model.vision.hidden_size == 32
+    assert prepared.model.mae.hidden_size == 32 and prepared.data.image_size == 32
+    assert not os.path.exists(tmp_path / "run")

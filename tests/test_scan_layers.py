@@ -94,10 +94,11 @@ def qformer_passes(module, params, ids, mask, image, image_mask):
                 itg=call("decoder_hidden", ids, mask, query_cache=cache, positions=ids.shape[1] - 1))
 
 
-@pytest.mark.parametrize("num_layers, remats, gradients", [(4, (False, "nothing_saveable"), True), (5, (False,), False)])
+@pytest.mark.parametrize("num_layers, remats, gradients", [(4, ("nothing_saveable",), True), (5, (False,), False)])
 def test_qformer_scan_matches_every_pass_and_its_gradients(num_layers, remats, gradients):
-    """The stage-1 step's Q-Former passes and (4 layers) their gradients, scanned (with and without remat)
-    against unrolled (every pass of tests/test_qformer.py runs through the same QFormerEncoder.run)."""
+    """The stage-1 step's Q-Former passes, scanned, against unrolled (every pass of tests/test_qformer.py runs
+    through the same QFormerEncoder.run): 4 layers with the paper configs' remat, and their gradients; 5
+    layers (a last layer outside the pairs) without remat, forward only."""
     config = dataclasses.replace(QFORMER, num_hidden_layers=num_layers)
     plain = qformer.QFormer(config)
     image = np.random.default_rng(2).normal(size=(2, 7, 24)).astype(np.float32)
