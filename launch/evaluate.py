@@ -70,8 +70,9 @@ def run_vqa(args) -> dict:
         return storage.write_json(storage.join(args.out, "annotations_subset.json"),
                                   {**data, "annotations": [a for a in data["annotations"] if a["question_id"] in ids]})
     questions, subset = _limited(args, questions, cut if args.annotations else lambda ids: None)
-    return benchmarks.vqa(_captioner(args), questions, args.out, args.batch_size, task=args.task,
-                          annotations=subset or args.annotations, prompt=args.prompt, clean=args.clean_questions)
+    return benchmarks.answer_questions(_captioner(args), questions, args.out, args.batch_size, task=args.task,
+                                       annotations=subset or args.annotations, prompt=args.prompt,
+                                       clean=args.clean_questions)
 
 
 def run_gqa(args) -> dict:
@@ -82,9 +83,9 @@ def run_gqa(args) -> dict:
         data = storage.read_json(args.questions)
         return storage.write_json(storage.join(args.out, "annotations_subset.json"), {i: data[i] for i in ids})
     questions, subset = _limited(args, questions, cut)
-    return benchmarks.gqa(_captioner(args), questions, args.out, args.batch_size,
-                          annotations=(subset or args.questions) if answered else "", prompt=args.prompt,
-                          clean=args.clean_questions)
+    return benchmarks.answer_questions(_captioner(args), questions, args.out, args.batch_size, task="gqa",
+                                       annotations=(subset or args.questions) if answered else "",
+                                       prompt=args.prompt, clean=args.clean_questions)
 
 
 def run_count(args) -> dict:
@@ -95,8 +96,9 @@ def run_count(args) -> dict:
         return storage.write_json(storage.join(args.out, "annotations_subset.json"),
                                   [e for e in storage.read_json(args.questions) if e["question_id"] in ids])
     questions, subset = _limited(args, questions, cut)
-    return benchmarks.count(_captioner(args), questions, args.out, args.batch_size,
-                            annotations=subset or args.questions, prompt=args.prompt, clean=args.clean_questions)
+    return benchmarks.answer_questions(_captioner(args), questions, args.out, args.batch_size, task="gvt_count",
+                                       annotations=subset or args.questions, prompt=args.prompt,
+                                       clean=args.clean_questions)
 
 
 def run_caption(args) -> dict:

@@ -147,7 +147,8 @@ def datasets(root) -> dict:
     paths["vqav2_test_dev_questions"] = _json(
         os.path.join(root, "vqav2", "v2_OpenEnded_mscoco_test-dev2015_questions.json"),
         {**vqa, "data_subtype": "test-dev2015", "questions": [
-            {"image_id": i, "question": "What is in the picture?", "question_id": i * 1000 + 7} for i in COCO_TEST_IDS]})
+            {"image_id": i, "question": "What is in the picture?", "question_id": i * 1000 + 7}
+            for i in COCO_TEST_IDS]})
     paths["okvqa_questions"] = _json(os.path.join(root, "okvqa", "OpenEnded_mscoco_val2014_questions.json"),
                                      {**vqa, "data_subtype": "val2014", "questions": questions[:2]})
     paths["okvqa_annotations"] = _json(os.path.join(root, "okvqa", "mscoco_val2014_annotations.json"), {

@@ -397,13 +397,14 @@ def evaluate(stage2_dir: str, paths: dict, out_dir: str, budget: Budget, split: 
     captioner = Captioner.from_workdir(stage2_dir, num_beams=budget.num_beams, max_new_tokens=4)
     questions = benchmarks.read_vqa(paths[f"vqa_{split}"], paths["root"])
     answers = dict(annotations=paths[f"vqa_{split}_annotations"], questions_file=paths[f"vqa_{split}_questions"])
-    scores = {name: benchmarks.vqa(captioner, asked, out_dir, budget.eval_batch_size, clean=False,
-                                   files=(f"{name}_predictions.json", ""), **answers)
+    scores = {name: benchmarks.answer_questions(captioner, asked, out_dir, budget.eval_batch_size, task="vqav2",
+                                                clean=False, files=(f"{name}_predictions.json", ""), **answers)
               for name, asked in (("vqa", questions), ("vqa_shuffled_images", shuffled_images(questions)))}
     captioner.max_new_tokens = 32
     images, _ = benchmarks.read_captions(paths[f"caption_{split}"], paths["root"])
     scores["caption"] = benchmarks.caption(captioner, images, out_dir, budget.eval_batch_size,
-                                           annotations=paths[f"caption_{split}_gt"], files=("caption_predictions.json", ""))
+                                           annotations=paths[f"caption_{split}_gt"],
+                                           files=("caption_predictions.json", ""))
     scores["attributes"] = caption_attributes(paths, load_json(os.path.join(out_dir, "caption_predictions.json")))
     _write_json(os.path.join(out_dir, "scores.json"), scores)
     _write_spec(out_dir, spec)

@@ -100,42 +100,31 @@ def answer(captioner: Captioner, questions: Sequence[Question], batch_size: int,
     return generate_texts(captioner, [q.image for q in questions], [prompt.format(t) for t in texts], batch_size)
 
 
-def vqa(captioner: Captioner, questions: Sequence[Question], out: str, batch_size: int, *, task: str = "vqav2",
-        annotations: str = "", questions_file: str = "", prompt: str = VQA_PROMPT, clean: bool = True,
-        files: tuple[str, str] = (PREDICTIONS, SCORES)) -> dict:
-    """VQAv2 / OK-VQA: OUT/predictions.json, and its scores (OUT/scores.json) when `annotations` is given. With
-    `questions_file` the scorer checks that the questions and annotations cover the same question ids.
-    `files`: the names of the two files ("" writes no scores file)."""
+# The official result file's keys of each question benchmark: (question id, answer).
+RESULT_KEYS = {"vqav2": ("question_id", "answer"), "okvqa": ("question_id", "answer"),
+               "gqa": ("questionId", "prediction"), "gvt_count": ("question_id", "answer")}
+
+
+def answer_questions(captioner: Captioner, questions: Sequence[Question], out: str, batch_size: int, *, task: str,
+                     annotations: str = "", questions_file: str = "", prompt: str = VQA_PROMPT, clean: bool = True,
+                     files: tuple[str, str] = (PREDICTIONS, SCORES)) -> dict:
+    """VQAv2 / OK-VQA / GQA / counting (`task`, RESULT_KEYS): OUT/predictions.json in the benchmark's result
+    format, and its scores (OUT/scores.json) when `annotations` is given (GQA and counting: their questions
+    file, which carries the answers). With `questions_file` the VQA scorer checks that the questions and
+    annotations cover the same question ids. `files`: the names of the two files ("" writes no scores file)."""
     answers = answer(captioner, questions, batch_size, prompt, clean)
-    path = _write(out, files[0], [{"question_id": q.question_id, "answer": a} for q, a in zip(questions, answers)])
+    id_key, answer_key = RESULT_KEYS[task]
+    path = _write(out, files[0], [{id_key: q.question_id, answer_key: a} for q, a in zip(questions, answers)])
     if not annotations:
         return {"task": task, "predictions": path, "num_questions": len(questions)}
     return _scores(out, files[1], score(task, path, annotations, questions_file or None))
-
-
-def gqa(captioner: Captioner, questions: Sequence[Question], out: str, batch_size: int, *, annotations: str = "",
-        prompt: str = VQA_PROMPT, clean: bool = True) -> dict:
-    answers = answer(captioner, questions, batch_size, prompt, clean)
-    path = _write(out, PREDICTIONS, [{"questionId": q.question_id, "prediction": a} for q, a in zip(questions, answers)])
-    if not annotations:
-        return {"task": "gqa", "predictions": path, "num_questions": len(questions)}
-    return _scores(out, SCORES, score("gqa", path, annotations))
-
-
-def count(captioner: Captioner, questions: Sequence[Question], out: str, batch_size: int, *, annotations: str = "",
-          prompt: str = VQA_PROMPT, clean: bool = True) -> dict:
-    answers = answer(captioner, questions, batch_size, prompt, clean)
-    path = _write(out, PREDICTIONS, [{"question_id": q.question_id, "answer": a} for q, a in zip(questions, answers)])
-    if not annotations:
-        return {"task": "gvt_count", "predictions": path, "num_questions": len(questions)}
-    return _scores(out, SCORES, score("gvt_count", path, annotations))
 
 
 def caption(captioner: Captioner, images: Sequence[dict], out: str, batch_size: int, *, annotations: str = "",
             ground_truth: Optional[dict] = None, files: tuple[str, str] = (PREDICTIONS, SCORES)) -> dict:
     """COCO captioning with the "a photo of" prompt: OUT/predictions.json (the text after the prompt, as LAVIS
     scores BLIP-2's captions) and, against `annotations` or else `ground_truth` (written to
-    OUT/ground_truth.json), CIDEr-D and BLEU-4. `files` as `vqa`'s."""
+    OUT/ground_truth.json), CIDEr-D and BLEU-4. `files` as `answer_questions`'s."""
     texts = generate_texts(captioner, [e["image"] for e in images], [CAPTION_PROMPT] * len(images), batch_size)
     path = _write(out, files[0], [{"image_id": e["image_id"], "caption": t} for e, t in zip(images, texts)])
     if not annotations and ground_truth is None:

@@ -33,7 +33,8 @@ class XFormerProcessor:
         if images is not None:
             out["pixel_values"] = self.image_processor(images, return_tensors=return_tensors)["pixel_values"]
             if self.mae_image_processor is not None:
-                out["mae_pixel_values"] = self.mae_image_processor(images, return_tensors=return_tensors)["pixel_values"]
+                mae = self.mae_image_processor(images, return_tensors=return_tensors)
+                out["mae_pixel_values"] = mae["pixel_values"]
         if text is not None:
             if self.tokenizer is None:
                 raise ValueError("this export has no tokenizer (a stage-1 export, or a run without an LLM tokenizer)")
