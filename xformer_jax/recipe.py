@@ -43,7 +43,7 @@ from xformer_jax.predict.captions import CAPTION_PROMPT, VQA_PROMPT, Captioner
 from xformer_jax.train import build, loop
 
 SPEC = "spec.json"
-# The demo evaluates both splits; nothing in the recipe is chosen by looking at either, and README reports both.
+# The demo evaluates both splits; nothing in the recipe is chosen by looking at either, and docs/demo.md reports both.
 EVAL_SPLITS = ("val", "test")
 SHUFFLE_SEED = 0  # which other image each question is asked of in the shuffled-image baseline
 

@@ -77,7 +77,7 @@ def _stage1() -> ml_collections.ConfigDict:
     # A100, against 25 and 19 unrolled), so each pair is recomputed in the backward pass instead
     # (nothing_saveable: +8% matmul FLOPs per step, peak 25 and 16 GiB). Where memory allows,
     # --config.model.qformer.remat=dots_with_no_batch_dims_saveable keeps the projections (+0.1% FLOPs;
-    # 40 and 22 GiB). README "Memory plan" has the measurements.
+    # 40 and 22 GiB). docs/memory_plan.md has the measurements.
     config.model.qformer.update(
         bert_dir="",  # e.g. /ckpt/bert-base-uncased (save_pretrained dir of bert-base-uncased)
         vocab_size=30523, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
@@ -97,7 +97,7 @@ def _stage1() -> ml_collections.ConfigDict:
     # Pure FSDP over every device: params, grads and AdamW moments are split along "embed". Fits 16
     # A100-40GB (16.0 GiB per GPU at 105 examples, by the GPU compiler; 19.0 with the Q-Former unrolled)
     # and TPU v5e-64 (16 GiB chips: 9.9 GiB at 26 per chip with the Q-Former unrolled, by libtpu), since the
-    # ITM pairs' rows are picked by models/batch_rows.py (README "Memory plan").
+    # ITM pairs' rows are picked by models/batch_rows.py (docs/memory_plan.md).
     config.mesh.update(data=1, fsdp=-1, tensor=1)
     config.checkpoint.async_save = True
     return config
@@ -121,7 +121,7 @@ def _stage2(config: ml_collections.ConfigDict, opt_size: dict) -> ml_collections
         # only each layer's input and recomputes the layer (one more LLM forward: executed / model FLOPs
         # 1.21 for OPT-6.7B, 1.14 for OPT-2.7B by launch/plan.py's count). OPT-6.7B at batch 120 per
         # A100-40GB, by the GPU compiler: 42.0 GiB peak without it (does not fit 40 GiB), 10.4 GiB with it
-        # (README "Memory plan"). scan_layers: one compiled layer instead of 32.
+        # (docs/memory_plan.md). scan_layers: one compiled layer instead of 32.
         # ("" turns it off from the command line: --config.model.llm.remat="").
         kind="opt", hf_dir="", params_file="", remat="nothing_saveable", scan_layers=True,
         # hf_dir: save_pretrained of facebook/opt-6.7b (or -2.7b)
