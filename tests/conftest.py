@@ -1,8 +1,11 @@
-"""Test setup: 8 fake CPU devices, offline Hugging Face, a persistent compilation cache."""
+"""Test setup: 8 fake CPU devices, LLVM at -O0 (processes.TEST_XLA_FLAGS), offline Hugging Face, a persistent
+compilation cache."""
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from processes import TEST_XLA_FLAGS  # noqa: E402
+
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -20,7 +20,9 @@ from xformer_jax.configs.cli import load_file
 from xformer_jax.train import build
 
 PAGE = REPO / "docs" / "reproduce.md"
-BATCH = 8  # divides over the 8 fake devices of the paper configs' FSDP mesh
+BATCH = 8
+# The commands run on one CPU device: the files' layouts are under test here, the sharded step in
+# tests/test_train_engine.py (a run on 8 fake devices compiles the same step for 8 seconds longer).
 
 
 def page_commands() -> list[list[str]]:
@@ -57,14 +59,14 @@ def size_flags(argv: list[str]) -> list[str]:
 
 
 SMALL = {"retrieval": ["--k_test=2", "--batch_size=4"],
-         "caption": ["--num_beams=2", "--min_new_tokens=1", "--max_new_tokens=3", "--batch_size=4"],
-         "vqa": ["--num_beams=2", "--max_new_tokens=2", "--batch_size=4"],
-         "gqa": ["--num_beams=2", "--max_new_tokens=2", "--batch_size=4"]}
+         "caption": ["--num_beams=1", "--min_new_tokens=1", "--max_new_tokens=2", "--batch_size=4"],
+         "vqa": ["--num_beams=1", "--max_new_tokens=2", "--batch_size=4"],
+         "gqa": ["--num_beams=1", "--max_new_tokens=2", "--batch_size=4"]}
 
 
 def run(argv: list[str], cwd, timeout: int = 600) -> str:
     command = [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
-    proc = subprocess.run(command, cwd=cwd, env=subprocess_env(8), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(command, cwd=cwd, env=subprocess_env(1), capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{shlex.join(argv)}\n{output[-6000:]}"
     return output
@@ -214,7 +216,7 @@ def test_a_mistake_stops_within_seconds_naming_its_key_and_writes_nothing(tree, 
     argv = _replaced(argv + [f for f in extra if not f.startswith(flag + "=")], flag,
                      value if value is None else value.format(**env))
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=subprocess_env(8), capture_output=True,
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=subprocess_env(1), capture_output=True,
                           text=True, timeout=120)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not line.startswith("I1")]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
