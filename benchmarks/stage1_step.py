@@ -11,6 +11,13 @@ XLA's FLOPs per step (cost analysis of the compiled step) and the achieved FLOP/
   python benchmarks/stage1_step.py --batch 32 --iters 10 --torch_itg joint
   python benchmarks/stage1_step.py --threads 1    # both on one core (fairer on a busy machine)
   python benchmarks/stage1_step.py --dtype bfloat16
+  python benchmarks/stage1_step.py --sizes vit_l --batch 128 --dtype bfloat16 --device cuda --torch_compile
+                                                  # one GPU: ViT-L sizes (xformer_jax/configs/vit_l.py), the
+                                                  # reference on CUDA under bf16 autocast, eager and compiled
+
+With --dtype bfloat16 the reference's frozen towers are stored in bfloat16 (LAVIS keeps its ViT in half
+precision) and its step runs under torch.autocast; ours runs configs' bfloat16 compute with the towers stored
+in bfloat16 too. --torch_compile adds torch.compile of the same reference as a third contestant.
 
 Timing alternates the two steps (jax, torch, jax, torch, ...) after warm-up, so both see the same
 machine load; `ratio` is the ratio of mean examples/s, `ratio_median_of_pairs` the median over
@@ -37,16 +44,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import torch_stage1  # noqa: E402
-from xformer_jax.configs import demo, tiny  # noqa: E402
+from xformer_jax.configs import demo, tiny, vit_l  # noqa: E402
 from xformer_jax.train import build, loop  # noqa: E402
 
 
-def make_config(small: bool, batch: int):
-    if small:
+SIZES = {"demo": "configs/demo.py:stage1 (random Q-Former)", "small": "xformer_jax/configs/tiny.py",
+         "vit_l": "xformer_jax/configs/vit_l.py:stage1 (random weights)"}
+
+
+def make_config(sizes: str, batch: int):
+    if sizes == "small":
         config = tiny.tiny_config(pathlib.Path(tempfile.gettempdir()) / "stage1_step_bench")
     else:
-        config = demo.get_config("stage1")
+        config = demo.get_config("stage1") if sizes == "demo" else vit_l.get_config("stage1")
         config.model.qformer.bert_dir = ""  # random Q-Former: no weights are read
+        config.data.num_workers = 0
     config.batch_size = batch
     config.model.itm_shared_image_kv = True  # one device: project each image's ITM keys / values once
     return config
@@ -87,27 +99,35 @@ def setup_jax(config, local) -> tuple[dict, Callable]:
     return info, step
 
 
-def setup_torch(model_config, local, optim, itg: str, dtype: str) -> tuple[dict, Callable]:
-    """The transformers-built reference and its AdamW on the same batch: (info, step)."""
+def setup_torch(model_config, local, optim, itg: str, dtype: str, device: str,
+                compiled: bool = False) -> tuple[dict, Callable]:
+    """The transformers-built reference and its AdamW on the same batch: (info, step); `compiled`: the
+    reference under torch.compile."""
     torch.set_num_threads(THREADS)  # os.cpu_count() unless --threads said otherwise
     torch.manual_seed(0)
-    model = torch_stage1.TorchStage1(model_config, itg=itg).train()
+    model = torch_stage1.TorchStage1(model_config, itg=itg).train().to(device)
+    if dtype == "bfloat16":  # frozen towers stored in half precision, as LAVIS keeps its ViT
+        model.clip.to(torch.bfloat16)
+        model.mae.to(torch.bfloat16)
     optimizer = torch_stage1.make_optimizer(model, optim)
-    batch = {k: torch.from_numpy(local[k]).long() if local[k].dtype.kind == "i" else torch.from_numpy(local[k])
-             for k in ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask")}
+    runner = torch.compile(model) if compiled else model
+    batch = {k: (torch.from_numpy(local[k]).long() if local[k].dtype.kind == "i" else torch.from_numpy(local[k]))
+             .to(device) for k in ("pixel_values", "mae_pixel_values", "input_ids", "attention_mask")}
 
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            return torch_stage1.train_step(model, optimizer, batch)
+    def step():  # train_step reads the losses back (.item()), which waits for the device
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            return torch_stage1.train_step(runner, optimizer, batch)
 
     first = step()
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)  # counts matmuls, convolutions and attention only
-    with counter:
-        step()
     info = {"first_step_losses": {f"loss_{k}" if k != "loss" else k: v for k, v in first.items()},
             "trainable_params": sum(p.numel() for p in torch_stage1.trainable_parameters(model)),
-            "itg": itg, "autocast": dtype == "bfloat16", "matmul_flops_per_step": float(counter.get_total_flops())}
+            "itg": itg, "autocast": dtype == "bfloat16", "device": device, "torch_compile": compiled}
+    if not compiled:
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)  # counts matmuls, convolutions and attention only
+        with counter:
+            step()
+        info["matmul_flops_per_step"] = float(counter.get_total_flops())
     return info, step
 
 
@@ -136,27 +156,36 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--small", action="store_true", help="xformer_jax/configs/tiny.py sizes")
+    parser.add_argument("--sizes", choices=tuple(SIZES), default="demo", help="; ".join(f"{k}: {v}" for k, v in SIZES.items()))
+    parser.add_argument("--small", action="store_true", help="the same as --sizes=small")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype: config.model.dtype for ours, torch.autocast for the reference")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="the reference's device (ours runs on JAX's default backend)")
+    parser.add_argument("--torch_compile", action="store_true", help="also time torch.compile of the reference")
     parser.add_argument("--torch_itg", choices=("cache", "joint"), default="cache",
                         help="torch ITG: text pass on cached query keys/values (ours) or one UniLM joint pass")
     parser.add_argument("--skip_torch", action="store_true", help="time the JAX step only")
     parser.add_argument("--threads", type=int, default=0,
                         help="pin to this many cores; torch threads = that (0: all cores, no pinning)")
     args = parser.parse_args()
+    sizes = "small" if args.small else args.sizes
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device=cuda: torch sees no CUDA device")
 
-    config = make_config(args.small, args.batch)
+    config = make_config(sizes, args.batch)
     config.model.dtype = args.dtype
     model_config = build.stage1_config(config.model)
     local = synthetic_batch(model_config, args.batch, config.data.max_len)
-    results = {"config": "xformer_jax/configs/tiny.py" if args.small else "configs/demo.py:stage1 (random Q-Former)",
-               "model": summary(config, model_config), "batch": args.batch, "dtype": args.dtype,
-               "warmup": args.warmup, "iters": args.iters, "timing": "interleaved jax/torch steps"}
+    results = {"config": SIZES[sizes], "model": summary(config, model_config), "batch": args.batch,
+               "dtype": args.dtype, "warmup": args.warmup, "iters": args.iters, "timing": "interleaved steps"}
     jax_info, jax_step = setup_jax(config, local)
     steps, infos = {"jax": jax_step}, {"jax": jax_info}
     if not args.skip_torch:
-        infos["torch"], steps["torch"] = setup_torch(model_config, local, config.optim, args.torch_itg, args.dtype)
+        contestants = [("torch", False)] + ([("torch_compile", True)] if args.torch_compile else [])
+        for name, compiled in contestants:
+            infos[name], steps[name] = setup_torch(model_config, local, config.optim, args.torch_itg, args.dtype,
+                                                   args.device, compiled)
     times = time_interleaved(steps, args.warmup, args.iters)
     for name in steps:
         results[name] = {**stats(times[name], args.batch), **infos[name]}
@@ -166,7 +195,10 @@ def main():
                                                            / results["torch"]["step_s"])
         results["ratio"] = results["jax"]["examples_per_s"] / results["torch"]["examples_per_s"]
         results["ratio_median_of_pairs"] = float(np.median(times["torch"] / times["jax"]))
-    results["machine"] = {**common.machine(), "threads": THREADS, "load_average_1m": os.getloadavg()[0]}
+    if "torch_compile" in steps:
+        results["ratio_vs_torch_compile"] = results["jax"]["examples_per_s"] / results["torch_compile"]["examples_per_s"]
+    results["machine"] = {**common.machine(), "threads": THREADS, "load_average_1m": os.getloadavg()[0],
+                          "torch_device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
     print(json.dumps(results, indent=2))
 
 

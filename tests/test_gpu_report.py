@@ -45,3 +45,19 @@ def test_tiny_run_reports_rates_flops_and_mfu():
     assert stage["mfu"] == pytest.approx(stage["achieved_tflops_per_s"] / 0.5)
     assert stage["trainable_params"] > 0 and stage["frozen_params"] > 0
     assert all(math.isfinite(v) for v in stage["last_losses"].values())
+
+
+def test_stage1_step_against_pytorch_with_bf16_towers_on_cpu():
+    """benchmarks/stage1_step.py's GPU path (frozen towers in bf16 under autocast) end to end at tiny sizes on
+    the CPU; on a GPU the same command takes --device=cuda (and --torch_compile, which inductor's C++ build
+    makes too slow for the suite here)."""
+    from processes import subprocess_env
+    proc = subprocess.run([sys.executable, "stage1_step.py", "--small", "--batch=8", "--iters=1", "--warmup=1",
+                           "--dtype=bfloat16", "--device=cpu"], cwd=os.path.join(REPO, "benchmarks"),
+                          env=subprocess_env(1), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert report["torch"]["autocast"] and report["torch"]["device"] == "cpu"
+    for name in ("jax", "torch"):
+        assert math.isfinite(report[name]["first_step_losses"]["loss"]) and report[name]["examples_per_s"] > 0
+    assert report["ratio"] > 0
