@@ -287,16 +287,9 @@ def with_checkpoint_sizes(config: ml_collections.ConfigDict) -> ml_collections.C
         for f in dataclasses.fields(loaded):
             if f.name in RUN_FIELDS or f.name not in section or (f.name not in source and f.name not in DERIVED_FIELDS):
                 continue
-            value = getattr(loaded, f.name)
-            have = _plain(section[f.name])
-            if have == _plain(value):
-                continue
-            if have is not None and have != _plain(default.get(f.name)):
-                raise ValueError(f"config.model.{part}.{f.name}={have!r} but {key}={path} has {_plain(value)!r} "
-                                 f"(its config.json): leave the key unset or make them agree")
             with out.unlocked():
-                section[f.name] = value
-            logging.info("config.model.%s.%s=%r (from %s/config.json)", part, f.name, value, path)
+                _follow(section, f"config.model.{part}", f.name, getattr(loaded, f.name), default.get(f.name),
+                        f"{key}={path} has {{}} (its config.json)", f"{path}/config.json")
     q, width = out.model.qformer, out.model.vision.hidden_size
     if q.encoder_width != width and q.encoder_width == defaults.qformer.encoder_width:  # reads the tower's width
         with out.unlocked():
@@ -322,15 +315,24 @@ def _with_init_from_architecture(config: ml_collections.ConfigDict) -> ml_collec
             continue
         section = config.model[part]
         for key, value in trained[part].items():
-            if key in _NOT_ARCHITECTURE or key not in section or _plain(section[key]) == _plain(value):
-                continue
-            if _plain(section[key]) != _plain(defaults[part].get(key)):
-                raise ValueError(f"config.model.{part}.{key}={_plain(section[key])!r} but config.init_from="
-                                 f"{config.init_from} was trained with {_plain(value)!r}: leave the key unset or "
-                                 "make them agree")
-            section[key] = value
-            logging.info("config.model.%s.%s=%r (from config.init_from=%s)", part, key, value, config.init_from)
+            if key not in _NOT_ARCHITECTURE and key in section:
+                _follow(section, f"config.model.{part}", key, value, defaults[part].get(key),
+                        f"config.init_from={config.init_from} was trained with {{}}",
+                        f"config.init_from={config.init_from}")
     return config
+
+
+def _follow(section, where: str, key: str, value, default, conflict: str, source: str) -> None:
+    """section[key] takes `value` when it is left at `default` (or unset), logged as coming from `source`; a
+    key set to another value is a ValueError naming both (`conflict` says where `value` is, "{}" for it)."""
+    have = _plain(section[key])
+    if have == _plain(value):
+        return
+    if have is not None and have != _plain(default):
+        raise ValueError(f"{where}.{key}={have!r} but {conflict.format(repr(_plain(value)))}: leave the key unset "
+                         "or make them agree")
+    section[key] = value
+    logging.info("%s.%s=%r (from %s)", where, key, value, source)
 
 
 def _with_input_sizes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
