@@ -24,7 +24,7 @@ setup(
         "transformers>=5.24.0",  # AutoTokenizer for the LLM's tokenizer directory (no torch needed)
         "tensorboardX>=2.6",
         "absl-py>=2.0",
-        "matplotlib>=3.10",  # the demo's pictures (imported by xformer_jax.plots only)
+        "matplotlib>=3.10",  # the demo's pictures (imported by xformer_jax.proj.synthetic.plots only)
     ],
     extras_require={
         # torch first (the Makefile installs the CPU wheel before this extra); a real GCS-compatible server

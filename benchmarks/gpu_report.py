@@ -30,9 +30,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from xformer_jax import factory
 from xformer_jax.configs import tiny, vit_l
 from xformer_jax.plan import chips, flops as flop_count
-from xformer_jax.train import build, loop
+from xformer_jax.train import loop
 
 def vit_l_configs(batches: tuple[int, int]) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
     """xformer_jax/configs/vit_l.py's stage-1 / stage-2 configs."""
@@ -73,7 +74,7 @@ def stage2_batch(model_config, batch: int, max_len: int) -> dict:
 
 def run_stage(config, device, warmup: int, iters: int, peak) -> dict:
     """Compile the train step once (the cost analysis reads that executable), time it, derive the rates."""
-    model_config = build.model_config(config)
+    model_config = factory.model_config(config)
     if config.stage == "stage2":
         local = stage2_batch(model_config, config.batch_size, config.data.max_txt_len)
     else:

@@ -16,9 +16,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xformer_jax import factory, partitioning  # noqa: E402
 from xformer_jax.configs import cli  # noqa: E402
 from xformer_jax.models import xformer  # noqa: E402
-from xformer_jax.train import build, partitioning  # noqa: E402
 
 # name -> (fusion.kind, fusion.placement)
 VARIANTS = {
@@ -37,9 +37,9 @@ def _size(tree) -> int:
 
 def count(model_cfg) -> dict:
     """Counts for one `config.model` section (shapes only)."""
-    config = build.stage1_config(model_cfg)
+    config = factory.stage1_config(model_cfg)
     model = xformer.Stage1Model(config)
-    params = partitioning.unbox(jax.eval_shape(build.init_fn(model, config), jax.random.key(0)))
+    params = partitioning.unbox(jax.eval_shape(factory.init_fn(model, config), jax.random.key(0)))
     trainable, frozen = xformer.split_params(params)
     breakdown = {k: _size(v) for k, v in params.items()}
     fusion_keys = [k for k in params if k.startswith(FUSION_KEYS)]

@@ -1,8 +1,8 @@
 """What a stage-2 model's queries pass on to its LLM: the tower probes applied to the LLM prefix.
 
 `benchmarks/tower_probes.py` says what the frozen towers see (colour, shape, count per cell, colour per
-cell, count of each present colour); this fits the same ridge probes (`xformer_jax.eval.probes`) on the
-queries after `llm_proj` of a trained stage-2 run (`recipe.prefix_probes`), on the synthetic training
+cell, count of each present colour); this fits the same ridge probes (`xformer_jax.proj.synthetic.probes`) on the
+queries after `llm_proj` of a trained stage-2 run (`evaluation.prefix_probes`), on the synthetic training
 images, and scores them on the validation and test images. A task the towers read well and the prefix
 does not is lost in the Q-Former.
 Prints one JSON object.
@@ -15,8 +15,8 @@ import logging
 import os
 import platform
 
-from xformer_jax import recipe
 from xformer_jax.data import synthetic
+from xformer_jax.proj.synthetic import evaluation
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     if not os.path.exists(paths["info"]):
         raise SystemExit(f"--data={args.data}: no synthetic dataset there ({paths['info']} is missing)")
     result = {"machine": platform.processor() or platform.machine(), "run": args.run,
-              **recipe.prefix_probes(args.run, paths)}
+              **evaluation.prefix_probes(args.run, paths)}
     print(json.dumps(result))
 
 

@@ -44,8 +44,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import torch_stage1  # noqa: E402
+from xformer_jax import factory  # noqa: E402
 from xformer_jax.configs import demo, tiny, vit_l  # noqa: E402
-from xformer_jax.train import build, loop  # noqa: E402
+from xformer_jax.train import loop  # noqa: E402
 
 
 SIZES = {"demo": "configs/demo.py:stage1 (random Q-Former)", "small": "xformer_jax/configs/tiny.py",
@@ -175,7 +176,7 @@ def main():
 
     config = make_config(sizes, args.batch)
     config.model.dtype = args.dtype
-    model_config = build.stage1_config(config.model)
+    model_config = factory.stage1_config(config.model)
     local = synthetic_batch(model_config, args.batch, config.data.max_len)
     results = {"config": SIZES[sizes], "model": summary(config, model_config), "batch": args.batch,
                "dtype": args.dtype, "warmup": args.warmup, "iters": args.iters, "timing": "interleaved steps"}

@@ -5,10 +5,10 @@ executed op with its instruction in the compiled step's HLO, which says whether 
 or a library fusion around one), how many FLOPs it does and which model code made it (op_name
 metadata). Prints one JSON object: step seconds, matmul time / GFLOP / GFLOP/s and share, time by pass
 (ITM, ITC text, ITG text, LM head, image queries, fusion, towers, optimizer) split into matmul and
-other ops, forward and backward, and the slowest ops (the analysis is xformer_jax/profiling.py's).
+other ops, forward and backward, and the slowest ops (the analysis is xformer_jax/plan/profile.py's).
 
-  python benchmarks/step_profile.py --threads 1     # configs/demo.py:stage1 sizes on one core
-  python benchmarks/step_profile.py --small         # xformer_jax/configs/tiny.py sizes, a quick check
+  python benchmarks/profile.py --threads 1     # configs/demo.py:stage1 sizes on one core
+  python benchmarks/profile.py --small         # xformer_jax/configs/tiny.py sizes, a quick check
 """
 import argparse
 import json
@@ -20,8 +20,9 @@ THREADS = common.limit_threads()
 import jax  # noqa: E402
 
 import stage1_step  # noqa: E402
-from xformer_jax import profiling  # noqa: E402
-from xformer_jax.train import build, loop  # noqa: E402
+from xformer_jax import factory  # noqa: E402
+from xformer_jax.plan import profile  # noqa: E402
+from xformer_jax.train import loop  # noqa: E402
 
 
 def main():
@@ -34,7 +35,7 @@ def main():
     args = parser.parse_args()
 
     config = stage1_step.make_config(args.small, args.batch)
-    model_config = build.stage1_config(config.model)
+    model_config = factory.stage1_config(config.model)
     trainer = loop.make_trainer(config, load_pretrained=False)
     batch = trainer.global_batch(common.synthetic_batch(model_config, args.batch, config.data.max_len))
     holder = {"state": trainer.state}
@@ -44,7 +45,7 @@ def main():
 
     step_s = common.time_calls(step, warmup=2, iters=max(args.steps, 1))
     hlo = trainer.step_fn.lower(holder["state"], batch).compile().as_text()
-    result = profiling.summarise(profiling.trace_ops(step, args.steps), hlo, step_s, args.top)
+    result = profile.summarise(profile.trace_ops(step, args.steps), hlo, step_s, args.top)
     result.update(config="xformer_jax/configs/tiny.py" if args.small else "configs/demo.py:stage1 (random Q-Former)",
                   batch=args.batch, machine={**common.machine(), "threads": THREADS})
     print(json.dumps(result, indent=2))

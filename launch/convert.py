@@ -14,10 +14,10 @@ conversion: set config.model.qformer.bert_dir (printed too).
 """
 import os
 
+import script_args  # launch/script_args.py, beside this script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion computes nothing worth an accelerator
-
-from xformer_jax import script_args  # noqa: E402
 
 
 def main(argv=None):
@@ -30,9 +30,9 @@ def main(argv=None):
 
     from xformer_jax.configs import common
     from xformer_jax.convert import CheckpointMismatch
-    from xformer_jax import hf_import
+    from xformer_jax.convert import to_run
     try:
-        report = hf_import.convert(args.hf, args.out, base_config=common.base_config(), overwrite=args.overwrite)
+        report = to_run.convert(args.hf, args.out, base_config=common.base_config(), overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointMismatch) as e:
         raise SystemExit(f"launch/convert.py: {e}") from None
     print(report)

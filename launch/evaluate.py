@@ -38,9 +38,11 @@ import argparse
 import json
 import os
 
+import script_args  # launch/script_args.py, beside this script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from xformer_jax import script_args, storage  # noqa: E402
+from xformer_jax import storage  # noqa: E402
 
 QUESTION_MODES = ("vqa", "gqa", "count")
 _TOP_RANKED = 10  # candidates per query written to rankings.json

@@ -12,10 +12,10 @@ same names plus the fusion and MAE weights) for xformer_jax.torch:
 """
 import os
 
+import script_args  # launch/script_args.py, beside this script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # reading a checkpoint needs no accelerator
-
-from xformer_jax import script_args  # noqa: E402
 
 
 def main(argv=None):
@@ -30,10 +30,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from xformer_jax.convert import CheckpointMismatch
-    from xformer_jax import hf_export, rundir
+    from xformer_jax import rundir
+    from xformer_jax.convert import to_hf
     try:
         rundir.check_run(args.checkpoint or args.workdir, "--checkpoint" if args.checkpoint else "--workdir")
-        report = hf_export.export(args.checkpoint or args.workdir, args.out, export_format=args.format, dtype=args.dtype,
+        report = to_hf.export(args.checkpoint or args.workdir, args.out, export_format=args.format, dtype=args.dtype,
                                max_shard_size=args.max_shard_size)
     except (ValueError, FileNotFoundError, CheckpointMismatch) as e:
         raise SystemExit(f"launch/export.py: {e}") from None

@@ -7,9 +7,9 @@ Prints one JSON object per image. Decoding: beam search (BLIP-2: 5 beams), stopp
 import json
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import script_args  # launch/script_args.py, beside this script
 
-from xformer_jax import script_args  # noqa: E402
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ per host driving GPUs 0..gpus_per_host-1 (N = hosts); --process_per=gpu runs one
   srun: one `srun --nodes=H --ntasks-per-node=P` line; each task takes its id from $SLURM_PROCID.
 The code must already be at --repo_dir on every host (a shared filesystem, or a clone on each), and
 weights and data where every host reads them (a bucket: gs:// paths work everywhere, or a shared disk).
---setup=pip first runs README's GPU install there (`xformer_jax.script_args.install_lines`: a venv,
+--setup=pip first runs README's GPU install there (`script_args.install_lines`: a venv,
 `pip install -c constraints.txt -e '.[gpu,gcs]'`, or '.[gpu-cuda13,gcs]' with --cuda=13, and the
 Q-Former vocab package), one host after another (a shared venv is written once at a time);
 --setup=none (default) expects the venv to be there.
@@ -26,7 +26,8 @@ import subprocess
 import sys
 import time
 
-from xformer_jax import script_args
+import script_args  # launch/script_args.py, beside this script
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -92,11 +92,11 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from xformer_jax import storage  # noqa: E402
+from xformer_jax import factory, partitioning, storage  # noqa: E402
 from xformer_jax.configs import cli  # noqa: E402
 from xformer_jax.models import xformer  # noqa: E402
 from xformer_jax.plan import chips, flops as flop_count, targets  # noqa: E402
-from xformer_jax.train import loop, partitioning, run_length  # noqa: E402
+from xformer_jax.train import loop, run_length  # noqa: E402
 
 GIB = 1024 ** 3
 HEADROOM = 0.9  # plan peaks at <= 90% of HBM: workspaces and the allocator's reserve are not in the estimate
@@ -157,11 +157,12 @@ def abstract_batch(config: ml_collections.ConfigDict, model_config: xformer.Stag
 
 def abstract_trainer(config: ml_collections.ConfigDict, devices=None) -> AbstractTrainer:
     """`loop.make_trainer` without allocating anything: same mesh, shardings, state layout and step."""
-    layout = loop.model_layout(config, devices)
+    loop.validate(config)
+    layout = factory.model_layout(config, devices)
     check_batch(config, layout.mesh)
     params = partitioning.unbox(jax.eval_shape(layout.init, jax.random.key(config.seed)))
     frozen_names = layout.model_config.frozen_collections
-    params = {k: jax.eval_shape(lambda f: loop._cast_frozen(f, config.model.frozen_dtype), v) if k in frozen_names
+    params = {k: jax.eval_shape(lambda f: factory.cast_frozen(f, config.model.frozen_dtype), v) if k in frozen_names
               else v for k, v in params.items()}
     create, sharding, step_fn, _ = loop.state_and_step(config, layout, params)
     trainable, frozen = xformer.split_params(params, frozen_names)

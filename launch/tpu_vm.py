@@ -7,7 +7,7 @@ Steps (each one `gcloud compute tpus tpu-vm ...` command; --dry_run prints them 
   1. copy:  a tarball of this checkout's files (`git ls-files`: tracked + untracked-not-ignored) is
             copied to every worker and unpacked into --remote_dir; or, with --repo=URL, every worker
             clones (or fast-forwards) that repository there.       (--copy=none skips this step)
-  2. setup: README's TPU install on every worker (`xformer_jax.script_args.install_lines("tpu")`: a
+  2. setup: README's TPU install on every worker (`script_args.install_lines("tpu")`: a
             venv, `pip install -c constraints.txt -e '.[tpu,gcs]'` and the Q-Former vocab package; no
             torch, no test extras).                                  (--setup=none skips this step)
   3. run:   `cd REMOTE_DIR && .venv/bin/python COMMAND` on all workers at once (`--worker=all`).
@@ -23,7 +23,8 @@ import shlex
 import subprocess
 import sys
 
-from xformer_jax import script_args
+import script_args  # launch/script_args.py, beside this script
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARBALL = "/tmp/xformer_jax_src.tgz"

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xformer_jax import profiling
+from xformer_jax import partitioning
 from xformer_jax.models import batch_rows
-from xformer_jax.train import partitioning
+from xformer_jax.plan import profile
 
 
 def _mesh_and_rules(data=2, fsdp=4):
@@ -72,7 +72,7 @@ def test_stage1_step_holds_no_global_batch_of_image_features_or_itm_pairs(tmp_pa
     config.model.itm_shared_image_kv = shared_image_kv
     trainer = plan.abstract_trainer(config)
     compiled = trainer.step_fn.lower(trainer.state, trainer.batch).compile(plan.FAST_COMPILE)
-    instructions, _ = profiling.parse_hlo(compiled.as_text())
+    instructions, _ = profile.parse_hlo(compiled.as_text())
     vision = config.model.vision
     tokens = (vision.image_size // vision.patch_size) ** 2 + 1
     batch, pairs = config.batch_size, 3 * config.batch_size

@@ -10,10 +10,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import hf_models
-from xformer_jax.convert import CheckpointMismatch, from_hf, load_hf
-from xformer_jax.convert import mapping
+from xformer_jax import factory
+from xformer_jax.convert import CheckpointMismatch, from_hf, load_hf, mapping
 from xformer_jax.models import blip2_retrieval, qformer, xformer
-from xformer_jax.train import build
 
 TOL = 1e-4  # max abs difference, float32
 rng = np.random.default_rng(0)
@@ -89,7 +88,7 @@ def test_params_drive_the_stage1_model(retrieval):
     embeddings are the retrieval model's."""
     _, _, module, params, _, apply = retrieval
     model = xformer.Stage1Model(module.config)
-    expected = jax.eval_shape(build.init_fn(model, module.config), jax.random.key(0))
+    expected = jax.eval_shape(factory.init_fn(model, module.config), jax.random.key(0))
     assert mapping.flat_shapes(params) == mapping.flat_shapes(nn.unbox(expected))
     out = jax.jit(lambda p, x, i, m: model.apply({"params": p}, x, i, m, itm_rng=jax.random.key(1)))(
         params, PIXELS[:2], TEXT_IDS[:2], TEXT_MASK[:2])

@@ -6,10 +6,10 @@ import pathlib
 import ml_collections
 import pytest
 
+from xformer_jax import factory
 from xformer_jax.configs import check, common, show
+from xformer_jax.factory.sections import llm_defaults
 from xformer_jax.models import fusion, llama, mae, opt, qformer, stage2, vit, xformer
-from xformer_jax.models.config_sections import llm_defaults
-from xformer_jax.train import build
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # section of config.model -> the dataclass it fills; fields that follow a checkpoint default to None
@@ -49,7 +49,7 @@ def test_the_printed_config_lists_every_key_and_an_override_reaches_the_model():
             if field.name != "dtype":
                 assert any(line.startswith(f"model.{section}.{field.name} = ") for line in lines), (section, field)
     assert "model.fusion.layer_norm_eps = 1e-06" in lines and "model.itc_label_smoothing = 0.1" in lines
-    assert build.model_config(config).fusion.layer_norm_eps == 1e-6
+    assert factory.model_config(config).fusion.layer_norm_eps == 1e-6
 
 
 @pytest.mark.parametrize("override, message", [

@@ -9,7 +9,7 @@ from transformers import BertTokenizerFast, PreTrainedTokenizerFast
 
 import gcs_emulator
 import publisher_files
-from xformer_jax import storage
+from xformer_jax import factory, storage
 from xformer_jax.data import bpe
 from xformer_jax.data.tokenizers import LLMTokenizer, QFormerTokenizer, default_vocab_path, stage2_labels
 from xformer_jax.losses import IGNORE_INDEX
@@ -156,12 +156,12 @@ def test_tokenizers_follow_the_parts_directories_unless_set(tmp_path):
     from xformer_jax.train import build
     config = tiny.tiny_stage2_config(tmp_path, "")
     config.model.qformer.bert_dir, config.model.llm.hf_dir = "/ckpt/bert-base-uncased", "/ckpt/opt-2.7b"
-    resolved = build.with_part_files(config)
+    resolved = factory.with_part_files(config)
     assert resolved.data.vocab_path == "/ckpt/bert-base-uncased/vocab.txt"
     assert resolved.data.llm_tokenizer_path == "/ckpt/opt-2.7b"
     config.data.update(vocab_path="/other/vocab.txt", llm_tokenizer_path="/other/tokenizer.json")
-    assert build.with_part_files(config).data.vocab_path == "/other/vocab.txt"
-    assert build.with_part_files(config).data.llm_tokenizer_path == "/other/tokenizer.json"
+    assert factory.with_part_files(config).data.vocab_path == "/other/vocab.txt"
+    assert factory.with_part_files(config).data.llm_tokenizer_path == "/other/tokenizer.json"
     config.model.qformer.bert_dir = "minilm"  # the demo's BERT: the default vocab, nothing to record
     config.data.vocab_path = ""
-    assert build.with_part_files(config).data.vocab_path == ""
+    assert factory.with_part_files(config).data.vocab_path == ""

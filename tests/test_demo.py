@@ -4,11 +4,11 @@ import json
 import pytest
 
 from launch import demo
-from xformer_jax import mini_paper, recipe
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.predict.benchmarks import Question
+from xformer_jax.proj.synthetic import cache, evaluation, mini_paper, parts as parts_lib, scenes
 
-TINY_BUDGET = recipe.Budget(tower_steps=3, llm_steps=3, llm_batch_size=8, eval_batch_size=16)
+TINY_BUDGET = parts_lib.Budget(tower_steps=3, llm_steps=3, llm_batch_size=8, eval_batch_size=16)
 
 
 @pytest.mark.slow
@@ -45,10 +45,10 @@ def test_demo_runs_both_stages_and_writes_its_table_pictures_and_predictions(tmp
     eval_dir = tmp_path / "demo" / "eval" / "test"
     kept = [p for p in (tmp_path / "demo").rglob("*") if p.suffix == ".msgpack" or p.parent == eval_dir]
     before = {p: p.stat().st_mtime_ns for p in kept}
-    timer = recipe.Timer()
+    timer = cache.Timer()
     stage1.data.path = str(tmp_path / "demo" / "data")
-    parts = recipe.prepare_parts(stage1, stage2, str(tmp_path / "demo"), TINY_BUDGET, timer)
-    assert recipe.evaluate(str(tmp_path / "demo" / "stage2"), parts.paths, str(eval_dir), TINY_BUDGET, "test") == scores
+    parts = parts_lib.prepare_parts(stage1, stage2, str(tmp_path / "demo"), TINY_BUDGET, timer)
+    assert evaluation.evaluate(str(tmp_path / "demo" / "stage2"), parts.paths, str(eval_dir), TINY_BUDGET, "test") == scores
     assert len(kept) >= 7 and [p for p in kept if p.stat().st_mtime_ns != before[p]] == []
     assert timer.seconds["tower pretraining"] < 1 and timer.seconds["LLM pretraining"] < 1
 
@@ -57,33 +57,33 @@ def test_pretrained_towers_of_another_seed_leave_the_first_seeds_reusable(tmp_pa
     """Each tower spec keeps its own spec file: towers pretrained at seed 1 in the same directory do not
     make seed 0's pretrain again (they used to share one spec.json, the last writer's)."""
     config = tiny_config(tmp_path)
-    recipe.dataset(config)
+    scenes.dataset(config)
     directory = str(tmp_path / "towers")
-    first = recipe.pretrained_towers(config, directory, steps=2, batch_size=8)
+    first = parts_lib.pretrained_towers(config, directory, steps=2, batch_size=8)
     config.seed = 1
-    other = recipe.pretrained_towers(config, directory, steps=2, batch_size=8)
+    other = parts_lib.pretrained_towers(config, directory, steps=2, batch_size=8)
     assert set(first.values()).isdisjoint(other.values())
 
     def no_pretraining(*args, **kwargs):
         raise AssertionError("pretrained again")
-    monkeypatch.setattr(recipe.pretrain, "pretrain_mae", no_pretraining)
+    monkeypatch.setattr(parts_lib.pretrain, "pretrain_mae", no_pretraining)
     for seed, paths in ((0, first), (1, other)):
         config.seed = seed
-        assert recipe.pretrained_towers(config, directory, steps=2, batch_size=8) == paths
+        assert parts_lib.pretrained_towers(config, directory, steps=2, batch_size=8) == paths
     with pytest.raises(AssertionError, match="pretrained again"):  # another spec still pretrains
-        recipe.pretrained_towers(config, directory, steps=4, batch_size=8)
+        parts_lib.pretrained_towers(config, directory, steps=4, batch_size=8)
 
 
 def test_shuffled_images_asks_every_question_of_another_image_keeping_each_images_questions_together():
     questions = [Question(10 * i + k, "?", f"im{i}.png") for i in range(5) for k in range(3)]
-    shuffled = recipe.shuffled_images(questions)
+    shuffled = evaluation.shuffled_images(questions)
     assert [q.question_id for q in shuffled] == [q.question_id for q in questions]
     moved = {q.image: s.image for q, s in zip(questions, shuffled)}  # one destination per image
     assert len(moved) == 5 and sorted(moved.values()) == sorted(moved) and all(a != b for a, b in moved.items())
     assert all(moved[q.image] == s.image for q, s in zip(questions, shuffled))
-    assert recipe.shuffled_images(questions) == shuffled and recipe.shuffled_images(questions, seed=1) != shuffled
+    assert evaluation.shuffled_images(questions) == shuffled and evaluation.shuffled_images(questions, seed=1) != shuffled
     with pytest.raises(ValueError, match="2 or more images"):
-        recipe.shuffled_images(questions[:3])
+        evaluation.shuffled_images(questions[:3])
 
 
 def _scores(vqa: float, count: float, cider: float) -> dict:
@@ -133,15 +133,15 @@ def test_mini_paper_variants_change_only_the_fusion_and_the_reconstruction_weigh
 
 def test_scale_stretches_every_training_length_and_keeps_the_rest(monkeypatch, capsys):
     from xformer_jax.configs import demo as demo_config
-    stage1, stage2, budget = demo_config.get_config("stage1"), demo_config.get_config("stage2"), recipe.Budget()
-    long1, long2, long_budget = recipe.scaled(stage1, stage2, budget, 3)
+    stage1, stage2, budget = demo_config.get_config("stage1"), demo_config.get_config("stage2"), parts_lib.Budget()
+    long1, long2, long_budget = parts_lib.scaled(stage1, stage2, budget, 3)
     for short, long in ((stage1, long1), (stage2, long2)):
         assert long.total_steps == 3 * short.total_steps and long.optim.warmup_steps == 3 * short.optim.warmup_steps
         assert long.eval_every == 3 * short.eval_every and long.optim.lr == short.optim.lr
         assert long.model.to_dict() == short.model.to_dict() and long.data.to_dict() == short.data.to_dict()
     assert (long_budget.tower_steps, long_budget.llm_steps) == (3 * budget.tower_steps, 3 * budget.llm_steps)
     assert long_budget.tower_batch_size == budget.tower_batch_size and stage1.total_steps == 200  # copies
-    assert recipe.scaled(stage1, stage2, budget, 1) == (stage1, stage2, budget)
+    assert parts_lib.scaled(stage1, stage2, budget, 1) == (stage1, stage2, budget)
     monkeypatch.setattr("sys.argv", ["demo.py", "--scale=0"])
     with pytest.raises(SystemExit):
         demo.main()

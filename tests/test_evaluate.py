@@ -11,15 +11,15 @@ import pytest
 from PIL import Image
 
 from launch import evaluate
-from xformer_jax import recipe
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.data import bpe, synthetic
 from xformer_jax.data.pipeline import image_transform
 from xformer_jax.data.tokenizers import QFormerTokenizer
 from xformer_jax.data.transforms import clean_caption
-from xformer_jax.eval import probes, recall
+from xformer_jax.eval import recall
 from xformer_jax.eval.vqa import normalize_answer
 from xformer_jax.predict import captions, inputs, rankings
+from xformer_jax.proj.synthetic import cache, evaluation, probes, scenes
 from xformer_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,10 +233,10 @@ def test_prefix_probes_read_the_llm_prefix_of_every_image(runs, monkeypatch, cap
     assert set(result["prefix"]) == set(probes.TASKS)
     assert all(0 <= v <= 100 for task in result["prefix"].values() for v in task.values())
     paths = runs["paths"]
-    train_entries = recipe.split_images(paths, "train")
-    assert seen["scenes"] == (len(train_entries), sum(len(recipe.split_images(paths, s)) for s in recipe.EVAL_SPLITS))
+    train_entries = scenes.split_images(paths, "train")
+    assert seen["scenes"] == (len(train_entries), sum(len(scenes.split_images(paths, s)) for s in evaluation.EVAL_SPLITS))
     captioner = captions.Captioner.from_workdir(runs["stage2"], num_beams=1)
-    pixels, mae_pixels = captioner.pixels(recipe.load_images(train_entries[:2], paths["root"]))
+    pixels, mae_pixels = captioner.pixels(scenes.load_images(train_entries[:2], paths["root"]))
     expected = captioner.model.apply({"params": captioner.params}, pixels, mae_pixels, method=captioner.model.prefix)[0]
     np.testing.assert_allclose(seen["train"][:2], np.asarray(expected).reshape(2, -1), atol=1e-5)
     queries = seen["held_out"].reshape(len(seen["held_out"]), captioner.config.model.qformer.num_query_tokens, -1)
@@ -250,19 +250,19 @@ def test_prefix_probes_read_the_llm_prefix_of_every_image(runs, monkeypatch, cap
 
 
 def test_prefix_probes_are_kept_and_reused_while_the_run_is_unchanged(runs, tmp_path, monkeypatch):
-    """recipe.prefix_probes with out_dir writes prefix_probes.json and a rerun reads it instead of probing
+    """evaluation.prefix_probes with out_dir writes prefix_probes.json and a rerun reads it instead of probing
     again; another run's config in the spec makes it probe afresh."""
     out = str(tmp_path / "prefix_probes")
-    first = recipe.prefix_probes(runs["stage2"], runs["paths"], out)
+    first = evaluation.prefix_probes(runs["stage2"], runs["paths"], out)
     assert json.loads(open(os.path.join(out, "prefix_probes.json")).read()) == first
 
     def no_probing(*args, **kwargs):
         raise AssertionError("probed again")
-    monkeypatch.setattr(recipe, "_probe_features", no_probing)
-    assert recipe.prefix_probes(runs["stage2"], runs["paths"], out) == first
-    spec_path = os.path.join(out, recipe.SPEC)
+    monkeypatch.setattr(evaluation, "_probe_features", no_probing)
+    assert evaluation.prefix_probes(runs["stage2"], runs["paths"], out) == first
+    spec_path = os.path.join(out, cache.SPEC)
     spec = json.loads(open(spec_path).read())
     spec["run"]["total_steps"] = -1
     open(spec_path, "w").write(json.dumps(spec))
     with pytest.raises(AssertionError, match="probed again"):
-        recipe.prefix_probes(runs["stage2"], runs["paths"], out)
+        evaluation.prefix_probes(runs["stage2"], runs["paths"], out)

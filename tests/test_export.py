@@ -19,15 +19,15 @@ from PIL import Image
 import hf_models
 from launch import convert as convert_cli
 from launch import export as export_cli
+from xformer_jax import rundir
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
-from xformer_jax import hf_export, rundir
-from xformer_jax.convert import safetensors_io
+from xformer_jax.convert import pretrained, safetensors_io, to_hf
 from xformer_jax.data import bpe, synthetic
 from xformer_jax.predict.captions import Captioner
 from xformer_jax.predict.restore import restore_run
-from xformer_jax.train import build, checkpointing, loop
 from xformer_jax.torch import (XFormerForConditionalGeneration, XFormerForImageTextRetrieval, XFormerProcessor,
                                from_pretrained)
+from xformer_jax.train import checkpointing, loop
 
 TOL = 1e-4
 IMAGE_TOKEN = 63  # the last row of the tiny OPT's 64-token vocabulary
@@ -141,7 +141,7 @@ def test_converted_blip2_workdir_restores_and_matches_transformers(blip2_generat
 
 def test_sharded_bfloat16_export(blip2_generation, tmp_path):
     reference, workdir, _ = blip2_generation
-    report = hf_export.export(str(workdir / "checkpoints" / "0"), str(tmp_path), dtype="bfloat16",
+    report = to_hf.export(str(workdir / "checkpoints" / "0"), str(tmp_path), dtype="bfloat16",
                                max_shard_size="40KB")
     index = json.load(open(tmp_path / safetensors_io.INDEX_FILE))
     shards = sorted(set(index["weight_map"].values()))
@@ -191,7 +191,7 @@ def stage2_run(tmp_path_factory):
     config = tiny_stage2_config(root, tokenizer)
     config.total_steps, config.checkpoint_every = 2, 2
     loop.train(config, str(root / "run"))
-    report = hf_export.export(str(root / "run"), str(root / "export"))
+    report = to_hf.export(str(root / "run"), str(root / "export"))
     return root, report
 
 
@@ -236,7 +236,7 @@ def test_readme_snippet_runs_on_the_xformer_export_with_the_runs_image_settings(
     """README's export snippet as written (paths aside): XFormerProcessor feeds the exported model the
     pixels, MAE pixels and prompt ids the JAX run feeds itself, and generate's caption is the run's."""
     root, report = stage2_run
-    assert {"preprocessor_config.json", hf_export.MAE_PROCESSOR_FILE} <= set(report.files)
+    assert {"preprocessor_config.json", to_hf.MAE_PROCESSOR_FILE} <= set(report.files)
     image_path = sorted((root / "data" / "images" / "val").iterdir())[0]
     captioner = Captioner.from_workdir(str(root / "run"))  # the export's decoding: 5 beams, up to 20 tokens
     processor = XFormerProcessor.from_pretrained(str(root / "export"))
@@ -266,7 +266,7 @@ def test_blip2_run_exports_for_transformers_processor_and_generate(stage2_run, t
     checkpoints = checkpointing.Checkpointer(str(tmp_path / "run"), config.checkpoint)
     checkpoints.save(0, trainer.state, force=True)
     checkpoints.close()
-    report = hf_export.export(str(tmp_path / "run"), str(tmp_path / "export"))
+    report = to_hf.export(str(tmp_path / "run"), str(tmp_path / "export"))
     assert report.export_format == "hf" and "processor_config.json" in report.files
     model = load_hf(T.Blip2ForConditionalGeneration, tmp_path / "export")
     processor = T.Blip2Processor.from_pretrained(str(tmp_path / "export"))
@@ -309,7 +309,7 @@ def stage1_per_layer(tmp_path_factory):
 
 def test_xformer_stage1_per_layer_fusion_matches_the_jax_model(stage1_per_layer):
     root, trainer = stage1_per_layer
-    hf_export.export(str(root / "checkpoints"), str(root / "export"))
+    to_hf.export(str(root / "checkpoints"), str(root / "export"))
     model = from_pretrained(str(root / "export"))
     assert isinstance(model, XFormerForImageTextRetrieval) and len(model.duals) == 1
     params = {**trainer.state.params, **trainer.state.frozen}
@@ -343,7 +343,7 @@ def test_component_directories_become_params_files_and_config_keys(tmp_path):
     params_file = str(tmp_path / "parts" / "vision.msgpack")
     assert f"--config.model.vision.params_file={params_file}" in report.config_keys
     assert {"--config.model.vision.kind=clip", "--config.model.vision.hidden_size=32"} <= set(report.config_keys)
-    saved = traverse_util.flatten_dict(build.load_params(params_file, "params_file"))
+    saved = traverse_util.flatten_dict(pretrained.load_params(params_file, "params_file"))
     expected = traverse_util.flatten_dict(from_hf(clip_dir)[1])
     assert saved.keys() == expected.keys() and all(np.array_equal(saved[k], expected[k]) for k in saved)
     bert_dir = hf_models.save(hf_models.bert(), tmp_path / "bert")

@@ -11,7 +11,7 @@ import torch
 
 import hf_models
 from xformer_jax.convert import from_hf
-from xformer_jax.generate import generate, prompt_positions
+from xformer_jax.predict.generate import generate, prompt_positions
 
 MAX_NEW = 8
 PAD = 1

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from xformer_jax import factory
 from xformer_jax.configs import vit_l
 from xformer_jax.plan.chips import peak_tflops
-from xformer_jax.train import build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,11 +25,11 @@ def test_vit_l_configs_have_the_reported_sizes():
     stage1, stage2 = vit_l.get_config("stage1"), vit_l.get_config("stage2_opt1.3b")
     assert (stage1.stage, stage2.stage) == ("stage1", "stage2")
     for config in (stage1, stage2):
-        model = build.model_config(config)  # validates widths (Q-Former encoder_width = vision width)
+        model = factory.model_config(config)  # validates widths (Q-Former encoder_width = vision width)
         assert (model.vision.hidden_size, model.vision.num_hidden_layers, model.vision.patch_size) == (1024, 24, 14)
         assert (model.mae.hidden_size, model.mae.num_hidden_layers, model.qformer.hidden_size) == (1024, 24, 768)
         assert config.model.dtype == config.model.frozen_dtype == "bfloat16"
-    assert (build.model_config(stage2).llm.hidden_size, build.model_config(stage2).llm.num_hidden_layers) == (2048, 24)
+    assert (factory.model_config(stage2).llm.hidden_size, factory.model_config(stage2).llm.num_hidden_layers) == (2048, 24)
 
 
 def test_tiny_run_reports_rates_flops_and_mfu():

@@ -11,7 +11,7 @@ import pytest
 
 from launch import gpu_cluster, tpu_vm
 from processes import REPO
-from xformer_jax import script_args
+import script_args
 
 
 def readme_blocks() -> list[list[str]]:

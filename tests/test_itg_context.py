@@ -4,15 +4,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xformer_jax import losses, mini_paper
+from xformer_jax import factory, losses
 from xformer_jax.configs.tiny import tiny_config
-from xformer_jax.train import build
+from xformer_jax.proj.synthetic import mini_paper
 
 
 def _itg_grad_of_dual_block(config):
-    model_config = build.model_config(config)
-    model = build.make_model(model_config)
-    params = jax.jit(build.init_fn(model, model_config))(jax.random.key(0))
+    model_config = factory.model_config(config)
+    model = factory.make_model(model_config)
+    params = jax.jit(factory.init_fn(model, model_config))(jax.random.key(0))
     rng = np.random.default_rng(0)
     pixels = jnp.asarray(rng.normal(size=(4, 3, 64, 64)), jnp.float32)
     ids = jnp.asarray(rng.integers(5, 1000, size=(4, 6)), jnp.int32)
@@ -47,10 +47,10 @@ def test_fused_itg_needs_the_after_qformer_dual_block(tmp_path, fusion, placemen
     config = tiny_config(tmp_path, fusion, placement)
     config.model.itg_context = "fused"
     with pytest.raises(ValueError, match="config.model.itg_context='fused' needs"):
-        build.model_config(config)
+        factory.model_config(config)
     config.model.itg_context = "z"
     with pytest.raises(ValueError, match="config.model.itg_context='z' is not one of"):
-        build.model_config(config)
+        factory.model_config(config)
 
 
 def test_mini_paper_compares_both_itg_contexts(tmp_path):

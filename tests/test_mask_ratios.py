@@ -4,14 +4,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from xformer_jax import factory
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
-from xformer_jax.train import build, objective
+from xformer_jax.train import objective
 
 
 def _model(config):
-    model_config = build.model_config(config)
-    model = build.make_model(model_config)
-    params = jax.jit(build.init_fn(model, model_config))(jax.random.key(0))
+    model_config = factory.model_config(config)
+    model = factory.make_model(model_config)
+    params = jax.jit(factory.init_fn(model, model_config))(jax.random.key(0))
     return model_config, model, params
 
 
@@ -23,7 +24,7 @@ def _images(config, batch=2):
 
 
 def test_defaults_are_no_masking_after_stage_one(tmp_path):
-    model_config = build.model_config(tiny_stage2_config(tmp_path, ""))
+    model_config = factory.model_config(tiny_stage2_config(tmp_path, ""))
     assert model_config.fusion.mask_ratio == 0.5  # stage 1
     assert model_config.mask_ratio == 0.0 and model_config.inference_mask_ratio == 0.0
 
@@ -32,14 +33,14 @@ def test_stage2_reconstruction_needs_a_stage2_mask_ratio(tmp_path):
     config = tiny_stage2_config(tmp_path, "")
     config.model.stage2_reconstruction_weight = 1.0
     with pytest.raises(ValueError, match="config.model.stage2_mask_ratio > 0"):
-        build.model_config(config)
+        factory.model_config(config)
     config.model.stage2_mask_ratio = 1.0
     with pytest.raises(ValueError, match="config.model.stage2_mask_ratio=1.0 must be in"):
-        build.model_config(config)
+        factory.model_config(config)
     config.model.stage2_mask_ratio = 0.0
     config.model.inference_mask_ratio = -0.1
     with pytest.raises(ValueError, match="config.model.inference_mask_ratio=-0.1"):
-        build.model_config(config)
+        factory.model_config(config)
 
 
 def test_stage2_prompts_follow_the_inference_ratio_not_the_training_one(tmp_path):

@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from xformer_jax import factory
 from xformer_jax.configs import paper
 from xformer_jax.train import run_length
 
@@ -59,37 +60,37 @@ def test_the_mae_target_follows_the_checkpoint_unless_the_config_sets_it(tmp_pat
     assert config.model.mae.norm_pix_loss is None  # the paper config leaves it to the checkpoint
     config.model.mae.hf_dir = _checkpoint_dir(tmp_path / "mae", model_type="vit_mae", norm_pix_loss=checkpoint_norm_pix)
     with caplog.at_level("INFO"):
-        assert build.model_config(config).mae.norm_pix_loss is checkpoint_norm_pix
+        assert factory.model_config(config).mae.norm_pix_loss is checkpoint_norm_pix
     assert f"config.model.mae.norm_pix_loss={checkpoint_norm_pix} (from {config.model.mae.hf_dir}/config.json)" \
         in caplog.text
     config.model.mae.norm_pix_loss = not checkpoint_norm_pix  # an explicit override wins
-    assert build.model_config(config).mae.norm_pix_loss is (not checkpoint_norm_pix)
+    assert factory.model_config(config).mae.norm_pix_loss is (not checkpoint_norm_pix)
     config.model.mae.update(hf_dir="", norm_pix_loss=None)
-    assert build.model_config(config).mae.norm_pix_loss is False  # no checkpoint: raw pixels
+    assert factory.model_config(config).mae.norm_pix_loss is False  # no checkpoint: raw pixels
 
 
 def test_qformer_dropout_is_lavis_0_1_in_the_paper_configs_and_follows_a_bert_checkpoint_when_unset(tmp_path):
     from xformer_jax.train import build
     for variant in ("stage1", "stage2_opt6.7b"):
-        q = build.model_config(paper.get_config(variant)).qformer
+        q = factory.model_config(paper.get_config(variant)).qformer
         assert (q.hidden_dropout_prob, q.attention_probs_dropout_prob) == (0.1, 0.1)
     config = paper.get_config("stage1")
     config.model.qformer.update(hidden_dropout_prob=None, attention_probs_dropout_prob=0.3,
                                 bert_dir=_checkpoint_dir(tmp_path / "bert", model_type="bert",
                                                          hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2))
-    q = build.model_config(config).qformer
+    q = factory.model_config(config).qformer
     assert (q.hidden_dropout_prob, q.attention_probs_dropout_prob) == (0.2, 0.3)
     config.model.qformer.hidden_dropout_prob = 1.5
     with pytest.raises(ValueError, match="hidden_dropout_prob must be in"):
-        build.model_config(config)
+        factory.model_config(config)
 
 
 def test_a_runs_config_json_holds_the_values_taken_from_the_checkpoints(tmp_path):
     from xformer_jax.train import build
     config = paper.get_config("stage1")
     config.model.mae.hf_dir = _checkpoint_dir(tmp_path / "mae", model_type="vit_mae", norm_pix_loss=True)
-    saved = build.with_checkpoint_fields(config, build.model_config(config))
+    saved = factory.with_checkpoint_fields(config, factory.model_config(config))
     assert saved.model.mae.norm_pix_loss is True and saved.model.qformer.hidden_dropout_prob == 0.1
     saved.model.mae.hf_dir = str(tmp_path / "moved")  # evaluation no longer needs the checkpoint's config.json
-    assert build.model_config(saved).mae.norm_pix_loss is True
+    assert factory.model_config(saved).mae.norm_pix_loss is True
     assert config.model.mae.norm_pix_loss is None  # the input config is left as it was

@@ -155,7 +155,7 @@ def test_jaxpr_flops_match_the_compiled_step(tmp_path):
     """The jaxpr count (what the roofline and the GPU rows use) equals the dots and convolutions in XLA:CPU's
     compiled HLO of the same step, every layer unrolled (a compiler counts a scanned layer once)."""
     from launch import plan
-    from xformer_jax import profiling
+    from xformer_jax.plan import profile
     from xformer_jax.configs import tiny
     from xformer_jax.plan import flops
     config = tiny.tiny_config(tmp_path)
@@ -164,9 +164,9 @@ def test_jaxpr_flops_match_the_compiled_step(tmp_path):
     trainer = plan.abstract_trainer(config)
     counted = flops.matmul_flops(trainer.step_fn, trainer.state, trainer.batch) / trainer.mesh.size
     compiled = trainer.step_fn.lower(trainer.state, trainer.batch).compile(plan.FAST_COMPILE)
-    instructions, _ = profiling.parse_hlo(compiled.as_text())
-    in_hlo = sum(profiling.MATMUL_OPS[op](instructions, name) for name, (_, op, _) in instructions.items()
-                 if op in profiling.MATMUL_OPS)  # every dot and convolution once, fused or not
+    instructions, _ = profile.parse_hlo(compiled.as_text())
+    in_hlo = sum(profile.MATMUL_OPS[op](instructions, name) for name, (_, op, _) in instructions.items()
+                 if op in profile.MATMUL_OPS)  # every dot and convolution once, fused or not
     assert in_hlo == pytest.approx(counted, rel=0.01)
 
 

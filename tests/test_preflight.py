@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from xformer_jax import factory
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.data import bpe, synthetic
 from xformer_jax.train import loop
@@ -118,7 +119,7 @@ def test_the_parts_take_their_architecture_from_their_checkpoints_unless_set_oth
     config.model.vision.hf_dir, config.model.mae.hf_dir = checkpoints["vision"], checkpoints["mae"]
     config.model.qformer.bert_dir, config.model.llm.hf_dir = checkpoints["qformer"], checkpoints["llm"]
     with caplog.at_level("INFO"):
-        sized = build.with_checkpoint_sizes(config)
+        sized = factory.with_checkpoint_sizes(config)
     assert (sized.model.vision.kind, sized.model.vision.hidden_size, sized.model.vision.num_hidden_layers) == ("clip", 32, 3)
     assert (sized.model.vision.image_size, sized.model.vision.patch_size) == (32, 8)
     assert (sized.model.mae.hidden_size, sized.model.mae.decoder_hidden_size, sized.model.mae.decoder_num_hidden_layers) \
@@ -128,9 +129,9 @@ def test_the_parts_take_their_architecture_from_their_checkpoints_unless_set_oth
     assert sized.model.qformer.encoder_width == 32  # follows the tower
     assert (sized.model.llm.hidden_size, sized.model.llm.vocab_size, sized.model.llm.ffn_dim) == (32, 64, 48)
     assert f"config.model.vision.hidden_size=32 (from {checkpoints['vision']}/config.json)" in caplog.text
-    built = build.model_config(sized)  # a consistent model
+    built = factory.model_config(sized)  # a consistent model
     assert built.vision.hidden_size == built.qformer.encoder_width == 32
     config.model.vision.num_hidden_layers = 24  # set, and not the checkpoint's
     with pytest.raises(ValueError, match=rf"config.model.vision.num_hidden_layers=24 but config.model.vision.hf_dir="
                                          rf"{checkpoints['vision']} has 3 \(its config.json\)"):
-        build.with_checkpoint_sizes(config)
+        factory.with_checkpoint_sizes(config)

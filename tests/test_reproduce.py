@@ -11,13 +11,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 import publisher_files
 from processes import REPO, subprocess_env
 from xformer_jax.configs.cli import load_file
-from xformer_jax.train import build
+from xformer_jax.convert import pretrained
 
 PAGE = REPO / "docs" / "reproduce.md"
 BATCH = 8
@@ -46,10 +45,10 @@ def size_flags(argv: list[str]) -> list[str]:
             part, field = key.split(".")[1:]
             config.model[part][field] = value
     flags = []
-    for part, ((loaded, source), _) in build.checkpoint_architectures(config.model, config.stage).items():
+    for part, ((loaded, source), _) in pretrained.checkpoint_architectures(config.model, config.stage).items():
         section = config.model[part]
         for name, value in vars(loaded).items():
-            if name in source and name in section and name not in build.RUN_FIELDS and section[name] != value \
+            if name in source and name in section and name not in pretrained.RUN_FIELDS and section[name] != value \
                     and isinstance(value, (int, float, str)):
                 flags.append(f"--config.model.{part}.{name}={value}")
     return flags + [f"--config.batch_size={BATCH}", "--config.epochs=1", "--config.model.qformer.num_query_tokens=4",

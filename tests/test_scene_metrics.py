@@ -2,7 +2,7 @@
 import numpy as np
 
 from xformer_jax.data import synthetic
-from xformer_jax.eval import attributes, probes
+from xformer_jax.proj.synthetic import attributes, probes
 
 RED_CIRCLES = synthetic.Group("circle", "red", "small", ((0.1, 0.1), (0.2, 0.1), (0.1, 0.2)))  # top left
 BLUE_SQUARE = synthetic.Group("square", "blue", "large", ((0.8, 0.15),))  # top right

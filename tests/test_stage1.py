@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from xformer_jax import factory
 from xformer_jax.configs import demo
 from xformer_jax.configs.tiny import tiny_config
+from xformer_jax.convert import pretrained
 from xformer_jax.data import pipeline
 from xformer_jax.models import xformer
-from xformer_jax import pretrain
-from xformer_jax.train import build, loop, objective
+from xformer_jax.proj.synthetic import pretrain
+from xformer_jax.train import loop, objective
 
 VARIANTS = [("blip2", "after_qformer"), ("concat", "after_qformer"), ("early_xattn", "after_qformer"),
             ("xformer", "after_qformer"), ("xformer", "per_xattn_layer")]
@@ -30,7 +32,7 @@ def pretrained_towers(batch_and_dir):
     test starts from towers given a short pretraining on the synthetic images, as the demo does."""
     _, workdir = batch_and_dir
     config = tiny_config(workdir)
-    model_config = build.stage1_config(config.model)
+    model_config = factory.stage1_config(config.model)
     batches = pipeline.make_train_iterator(config)
     mae_params, mae_history = pretrain.pretrain_mae(model_config.mae, (b["mae_pixel_values"] for b in batches), 200)
     clip_params, clip_history = pretrain.pretrain_clip(model_config.vision, batches, model_config.qformer.vocab_size,
@@ -67,7 +69,7 @@ def test_itm_with_shared_image_keys_and_values_equals_gathered_images(batch_and_
     batch, outputs = trainer.global_batch(local), {}
     for shared in (False, True):
         config.model.itm_shared_image_kv = shared
-        model = build.make_model(build.model_config(config))
+        model = factory.make_model(factory.model_config(config))
         loss_fn = objective.make_stage1_loss(model, config.loss, trainer.mesh)
         outputs[shared] = jax.jit(lambda p, f, b: loss_fn(p, f, b, jax.random.key(1), train=False)[1])(
             trainer.state.params, trainer.state.frozen, batch)
@@ -131,7 +133,7 @@ def overfit(workdir, towers, fusion, placement, weights: dict, steps: int = 60) 
     trainer = loop.make_trainer(config, devices=jax.devices()[:1])
     batch = trainer.global_batch(distinct_images(config, config.batch_size))
     towers = {k: v for k, v in towers.items() if k in trainer.state.frozen}
-    state, history = trainer.state.replace(frozen=build.merge_pretrained(trainer.state.frozen, towers)), []
+    state, history = trainer.state.replace(frozen=pretrained.merge_pretrained(trainer.state.frozen, towers)), []
     for _ in range(steps):
         state, metrics = trainer.step_fn(state, batch)
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
@@ -182,7 +184,7 @@ def test_a_tower_with_both_params_file_and_hf_dir_is_refused(tmp_path):
     config = tiny_config(tmp_path)
     config.model.mae.update(params_file="mae.msgpack", hf_dir="mae_hf")
     with pytest.raises(ValueError, match=r"config.model.mae: both params_file=mae.msgpack and hf_dir=mae_hf"):
-        build.pretrained_parts(config.model, build.stage1_config(config.model))
+        pretrained.pretrained_parts(config.model, factory.stage1_config(config.model))
 
 
 def test_a_bert_qformer_draws_its_fresh_params_from_the_run_seed_and_init(tmp_path):
@@ -196,8 +198,8 @@ def test_a_bert_qformer_draws_its_fresh_params_from_the_run_seed_and_init(tmp_pa
     q.bert_dir = hf_models.save(hf_models.bert(hidden_size=q.hidden_size, num_hidden_layers=q.num_hidden_layers,
                                                num_attention_heads=q.num_attention_heads,
                                                intermediate_size=q.intermediate_size), tmp_path / "bert")
-    model_config = build.stage1_config(config.model)
-    first, again, other = (build.pretrained_parts(config.model, model_config, seed)["qformer"] for seed in (0, 0, 1))
+    model_config = factory.stage1_config(config.model)
+    first, again, other = (pretrained.pretrained_parts(config.model, model_config, seed)["qformer"] for seed in (0, 0, 1))
     np.testing.assert_array_equal(first["query_tokens"], again["query_tokens"])
     assert not np.array_equal(first["query_tokens"], other["query_tokens"])
     bert_kernel = lambda p: p["qformer"]["layer_1"]["attention"]["query"]["kernel"]  # noqa: E731
@@ -211,7 +213,7 @@ def test_a_bert_qformer_draws_its_fresh_params_from_the_run_seed_and_init(tmp_pa
 def test_demo_fresh_lr_scale_picks_the_params_no_checkpoint_initialises(tmp_path):
     """configs/demo.py's FRESH_PARAMS: the Q-Former's queries, cross-attention, ln_vision, ITC / ITM heads and
     the whole fusion block; none of BERT's (embeddings, self-attention, FFNs, LM head), temp or the towers."""
-    layout = loop.model_layout(tiny_config(tmp_path))
+    layout = factory.model_layout(tiny_config(tmp_path))
     paths = traverse_util.flatten_dict(layout.param_shardings, sep="/")
     picked = {p for p in paths if re.search(demo.FRESH_PARAMS, p)}
     fresh_qformer = ("qformer/query_tokens", "qformer/ln_vision/", "qformer/vision_proj/", "qformer/text_proj/",

@@ -11,14 +11,15 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
+from xformer_jax import factory, rundir
 from xformer_jax.configs import demo
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
+from xformer_jax.convert import pretrained
 from xformer_jax.data import bpe, pipeline, synthetic
-from xformer_jax import rundir
-from xformer_jax.predict.captions import Captioner
-from xformer_jax import pretrain
 from xformer_jax.models import stage2
-from xformer_jax.train import build, loop
+from xformer_jax.predict.captions import Captioner
+from xformer_jax.proj.synthetic import pretrain
+from xformer_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,12 +38,12 @@ def pretrained_llm(setup):
     """A frozen random LLM barely reacts to its prefix; give the tiny OPT a short LM pretraining."""
     workdir, tokenizer = setup
     config = tiny_stage2_config(workdir, tokenizer)
-    llm = stage2.llm_module(build.model_config(config).llm)
+    llm = stage2.llm_module(factory.model_config(config).llm)
     batches = ({k: b[k] for k in ("input_ids", "attention_mask")} for b in pipeline.make_train_iterator(config))
     params, history = pretrain.pretrain_llm(llm, batches, 150, lr=3e-3)
     assert np.mean(history[-10:]) < 0.6 * history[0]
     path = str(workdir / "llm.msgpack")
-    build.save_params(path, params)
+    pretrained.save_params(path, params)
     return path
 
 
@@ -107,7 +108,7 @@ def test_stage1_checkpoint_hands_over_and_stage2_trains_and_generates(setup):
     config.init_from = str(stage1_dir)
     config.total_steps, config.checkpoint_every = 2, 2
     other_tower = str(workdir / "other_vision.msgpack")  # a weight source in config.model loses to init_from
-    build.save_params(other_tower, jax.tree.map(lambda x: np.asarray(x) + 1.0, saved["vision"]))
+    pretrained.save_params(other_tower, jax.tree.map(lambda x: np.asarray(x) + 1.0, saved["vision"]))
     config.model.vision.params_file = other_tower
     trainer = loop.make_trainer(config)
     config.model.vision.params_file = ""
@@ -156,7 +157,7 @@ def test_demo_stage2_value_path_lr_scale_picks_the_qformer_cross_attention_value
     """configs/demo.py's stage-2 lr_scales name params of the stage-2 model: the value / output of the
     Q-Former's and the fusion block's cross-attention (none of the LLM's, whose attention is self-attention)."""
     workdir, tokenizer = setup
-    layout = loop.model_layout(tiny_stage2_config(workdir, tokenizer))
+    layout = factory.model_layout(tiny_stage2_config(workdir, tokenizer))
     paths = traverse_util.flatten_dict(layout.param_shardings, sep="/")
     pattern, scale = demo.get_config("stage2").optim.lr_scales[0]
     picked = {p for p in paths if re.search(pattern, p)}

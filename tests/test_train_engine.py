@@ -26,8 +26,9 @@ from PIL import Image
 
 import engine_config
 from processes import OutputReader, finish, outputs, subprocess_env
+from xformer_jax import partitioning
 from xformer_jax.data import pipeline
-from xformer_jax.train import checkpointing, loop, partitioning, step_metrics
+from xformer_jax.train import checkpointing, loop, step_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOSS_KEYS = ("loss", "loss_itc", "loss_itm", "loss_itg", "loss_rec")

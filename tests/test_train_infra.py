@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from xformer_jax.train import checkpointing, metrics, optimizer, partitioning, preemption, state
+from xformer_jax import partitioning
+from xformer_jax.train import checkpointing, metrics, optimizer, preemption, state
 
 
 def logical(init, axes):

@@ -9,7 +9,7 @@ import difflib
 import ml_collections
 
 from xformer_jax.configs import common
-from xformer_jax.models import config_sections
+from xformer_jax.factory import sections
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -17,13 +17,13 @@ def check(config: ml_collections.ConfigDict) -> None:
     base = common.base_config()
     llm = config.get("model", {}).get("llm", None)
     kind = llm.get("kind", "opt") if isinstance(llm, ml_collections.ConfigDict) else "opt"
-    base.model.llm = config_sections.llm_defaults(kind)
+    base.model.llm = sections.llm_defaults(kind)
     try:
         _check_section(config, base, "config")
     except ValueError as e:
         if not str(e).startswith("config.model.llm."):
             raise
-        raise ValueError(f"{e} (config.model.llm holds the fields of {config_sections.LLM_KINDS[kind].__name__}, "
+        raise ValueError(f"{e} (config.model.llm holds the fields of {sections.LLM_KINDS[kind].__name__}, "
                          f"as config.model.llm.kind={kind!r})") from None
 
 

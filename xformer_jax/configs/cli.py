@@ -10,7 +10,7 @@ ml_collections reports an override of a key the config lacks as a bare KeyError 
 the wrong type), a config file that does not exist and a config variant its get_config refuses into
 one line each. `--help` prints the script's docstring and its flags, --config among them, and exits 0.
 `checked` runs check.check once, at start-up. The argparse scripts get the same from
-`xformer_jax.script_args.ArgumentParser`.
+launch/script_args.py's `ArgumentParser`.
 """
 import difflib
 import importlib.util

@@ -6,10 +6,10 @@ import ml_collections
 from ml_collections import config_dict
 
 from xformer_jax.data.config import default_data_config
-from xformer_jax.models import config_sections
+from xformer_jax.factory import sections
+from xformer_jax.partitioning import default_mesh_config
 from xformer_jax.train.checkpointing import default_checkpoint_config
 from xformer_jax.train.optimizer import default_optim_config
-from xformer_jax.train.partitioning import default_mesh_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -31,15 +31,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.epochs = config_dict.placeholder(int)
     c.dataset_size = config_dict.placeholder(int)  # image-text pairs
 
-    # config.model: every field of the model dataclasses at its default (models/config_sections.py says which
+    # config.model: every field of the model dataclasses at its default (factory/sections.py says which
     # section fills which dataclass; each field's comment in its dataclass documents it), plus:
-    c.model = config_sections.model_defaults()
+    c.model = sections.model_defaults()
     c.model.dtype = "float32"  # compute dtype of every part ("bfloat16" on TPU / GPU)
     c.model.frozen_dtype = "float32"  # storage dtype of the frozen towers
     # Weight sources ("" = random init): vision.hf_dir / mae.hf_dir / llm.hf_dir (save_pretrained directories),
-    # vision / mae / llm .params_file (train/build.py save_params), qformer.bert_dir (a BERT directory, or
+    # vision / mae / llm .params_file (convert/pretrained.py save_params), qformer.bert_dir (a BERT directory, or
     # "minilm"). Unset (None) mae.norm_pix_loss and qformer dropouts follow the checkpoint the part is loaded
-    # from, or the dataclass default without one; setting them overrides the checkpoint (train/build.py).
+    # from, or the dataclass default without one; setting them overrides the checkpoint (factory/model.py).
     # MAE's reconstruction target: the *_visualize_* weights that transformers ships were trained on raw
     # pixels (config.json norm_pix_loss false), MAE's full pretraining weights on per-patch normalised ones.
     # ITG's context (itg_context): "image_pass" (LAVIS: the image pass's per-layer query keys / values,
@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     # MAE mask ratios after stage 1 (stage 1 uses fusion.mask_ratio; mae.mask_ratio is MAE's alone, unused here):
     # the paper's MAE sees the whole image at stage 2 (stage2_mask_ratio) and inference
     # (inference_mask_ratio). stage2_reconstruction_weight > 0 needs stage2_mask_ratio > 0.
-    # llm: the stage-2 LLM; its keys are those of llm.kind's dataclass (config_sections.llm_defaults("llama")
+    # llm: the stage-2 LLM; its keys are those of llm.kind's dataclass (sections.llm_defaults("llama")
     # gives LLaMA's).
 
     c.loss = ml_collections.ConfigDict()

@@ -3,9 +3,9 @@
   python -m xformer_jax.configs.show                                   # the base config (common.py)
   python -m xformer_jax.configs.show configs/paper.py:stage1 [--config.KEY=VALUE ...]
 
-A model key's meaning is the comment on its field in the dataclass that models/config_sections.py
+A model key's meaning is the comment on its field in the dataclass that factory/sections.py
 maps it to; the other keys' are the comments in common.py and the default_*_config functions
-it calls (data/config.py, train/optimizer.py, train/partitioning.py, train/checkpointing.py).
+it calls (data/config.py, train/optimizer.py, partitioning.py, train/checkpointing.py).
 """
 import sys
 

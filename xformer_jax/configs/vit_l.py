@@ -13,7 +13,7 @@ Variants (ARG after the colon):
   stage2          stage 2 with a frozen OPT-2.7B (facebook/opt-2.7b)
   stage2_opt1.3b  stage 2 with an OPT-1.3B-shaped LLM (24 layers, width 2048): benchmarks/gpu_report.py's
 Everything else (bfloat16, epochs over the counted pairs, lr schedule, dropout, the scanned Q-Former) is
-configs/paper.py's. A part's sizes also follow its checkpoint's config.json (train/build.py).
+configs/paper.py's. A part's sizes also follow its checkpoint's config.json (factory/architecture.py).
 """
 import ml_collections
 

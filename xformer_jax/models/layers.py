@@ -1,7 +1,7 @@
 """Shared building blocks: dense / norm layers that carry logical axis names, attention, ViT blocks.
 
 Model code names logical axes only ("embed", "mlp", "joined_kv", "vocab", ...); the mapping of those
-names onto the mesh axes (data, fsdp, tensor) lives in config (see `xformer_jax.train.partitioning`).
+names onto the mesh axes (data, fsdp, tensor) lives in config (see `xformer_jax.partitioning`).
 Params are stored in float32; `dtype` is the compute dtype. Softmax and norms run in float32.
 """
 from typing import Callable, Optional, Sequence, Union

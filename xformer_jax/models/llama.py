@@ -4,7 +4,7 @@ RMSNorm (pre-norm, a final norm), rotary position embeddings (default rope only,
 transformers' rotate_half layout: the two halves of each head are the cos / sin pair), SwiGLU MLP
 (gate / up / down), grouped-query attention (`num_key_value_heads` <= `num_attention_heads`), LM head
 untied unless `tie_word_embeddings`. Position ids default to arange after the cache's written slots
-(transformers' forward); `xformer_jax.generate` passes the mask-derived ones `generate` uses.
+(transformers' forward); `xformer_jax.predict.generate` passes the mask-derived ones `generate` uses.
 
   `__call__(input_ids=None, attention_mask=None, inputs_embeds=None, position_ids=None, cache=None)`
       -> {"logits": float32 (batch, length, vocab), "cache": KVCache (only when a cache was given)}

@@ -13,10 +13,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from xformer_jax import generate as generate_lib
 from xformer_jax.data.pipeline import image_transform, make_tokenizer
 from xformer_jax.models import stage2
-from xformer_jax.predict import inputs
+from xformer_jax.predict import generate as generate_lib, inputs
 from xformer_jax.predict.restore import read_stage, restore_run
 
 CAPTION_PROMPT = "a photo of"

@@ -3,9 +3,8 @@ from typing import Optional
 
 import ml_collections
 
-from xformer_jax import rundir
+from xformer_jax import factory, rundir
 from xformer_jax.models import xformer
-from xformer_jax.train import loop
 
 
 def restore_run(path: str, config: Optional[ml_collections.ConfigDict] = None
@@ -15,7 +14,7 @@ def restore_run(path: str, config: Optional[ml_collections.ConfigDict] = None
     every param read straight onto the sharding the run's mesh gives it."""
     checkpoint = rundir.resolve(path)
     config = config or rundir.read_config(checkpoint.workdir)
-    layout = loop.model_layout(config)
+    layout = factory.model_layout(config)
     params, _ = rundir.restore_params(checkpoint.directory, layout.param_shardings)
     return config, layout.model, params
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import transformers
 
-MAE_PROCESSOR_FILE = "mae_preprocessor_config.json"  # written by xformer_jax.hf_export
+MAE_PROCESSOR_FILE = "mae_preprocessor_config.json"  # written by xformer_jax.convert.to_hf
 # The PIL image processor resizes as the run's pipeline does (PIL bicubic); transformers >= 5.20 names it apart
 # from the torchvision one.
 _IMAGE_PROCESSOR = getattr(transformers, "BlipImageProcessorPil", transformers.BlipImageProcessor)

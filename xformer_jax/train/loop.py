@@ -14,7 +14,6 @@ schedules can run in chunks: rerun the same command to go on.
 import dataclasses
 import functools
 import logging
-import math
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,12 +23,13 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from xformer_jax import rundir
+from xformer_jax import factory, partitioning, rundir
+from xformer_jax.convert import pretrained
 from xformer_jax.data import pipeline
 from xformer_jax.data.sharding import to_global_batch
 from xformer_jax.models import xformer
-from xformer_jax.train import (build, checkpointing, metrics as metrics_lib, objective, optimizer, partitioning,
-                               preflight, run_length, startup, steps)
+from xformer_jax.train import (checkpointing, metrics as metrics_lib, objective, optimizer, preflight, run_length,
+                               startup, steps)
 from xformer_jax.train.preemption import PreemptionGuard
 from xformer_jax.train.state import TrainState, state_shardings
 from xformer_jax.train.step_metrics import PendingMetrics
@@ -72,39 +72,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.stop_after_steps={stop_after!r} must be an int >= 0 (0 = run to total_steps)")
 
 
-def _cast_frozen(frozen, dtype_name: str):
-    dtype = build.dtype_of(dtype_name, "config.model.frozen_dtype")
-    return jax.tree.map(lambda x: x.astype(dtype), frozen)
-
-
-@dataclasses.dataclass
-class ModelLayout:
-    """The configured model laid out on the mesh, before any weight exists: the model, its init and the
-    sharding of every param. make_trainer fills it with weights and an optimizer, `predict.restore` with a
-    checkpoint's params, and launch/plan.py compiles it with abstract arrays."""
-    mesh: Any
-    rules: Any
-    model_config: Any
-    model: Any
-    init: Callable  # rng -> boxed params
-    param_shardings: Any
-
-
-def model_layout(config: ml_collections.ConfigDict, devices: Optional[Sequence[jax.Device]] = None) -> ModelLayout:
-    validate(config)
-    mesh = partitioning.make_mesh(config.mesh, devices)
-    rules = partitioning.logical_rules(config.mesh)
-    model_config = build.model_config(config)
-    model = build.make_model(model_config)
-    init = build.init_fn(model, model_config)
-    rng = jax.random.key(config.seed)  # made outside the mesh: a mesh of deviceless (planning) devices can't run it
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        abstract = jax.eval_shape(init, rng)
-        shardings = partitioning.param_shardings(abstract, mesh, rules)
-    return ModelLayout(mesh, rules, model_config, model, init, shardings)
-
-
-def state_and_step(config: ml_collections.ConfigDict, layout: ModelLayout, params) -> tuple[Callable, Any, Callable, Callable]:
+def state_and_step(config: ml_collections.ConfigDict, layout: factory.ModelLayout, params) -> tuple[Callable, Any, Callable, Callable]:
     """(create(trainable, frozen, rng) -> TrainState, state shardings, jitted step, loss_fn) for `params`
     (real or abstract, unboxed)."""
     frozen_names = layout.model_config.frozen_collections
@@ -133,11 +101,12 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     """The sharded initial state (pretrained components merged) and the jitted step.
 
     `devices` (default: all) are the devices the mesh spans, e.g. `jax.devices()[:1]`."""
-    layout = model_layout(config, devices)
+    validate(config)
+    layout = factory.model_layout(config, devices)
     rng = jax.random.key(config.seed)
     pretrained, sources = {}, {}
     if load_pretrained:
-        pretrained.update(build.pretrained_parts(config.model, layout.model_config, config.seed))
+        pretrained.update(pretrained.pretrained_parts(config.model, layout.model_config, config.seed))
         sources.update({name: startup.config_source(config.model, name) for name in pretrained})
         if config.get("init_from"):  # the stage-1 run's towers and Q-Former win over config.model's sources
             try:
@@ -149,9 +118,9 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
                             for name in restored})
     with jax.set_mesh(layout.mesh), nn.logical_axis_rules(layout.rules):
         params = partitioning.init_sharded(layout.init, layout.param_shardings, rng)
-    params = build.merge_pretrained(params, pretrained)
+    params = pretrained.merge_pretrained(params, pretrained)
     frozen_names = layout.model_config.frozen_collections
-    params = {k: _cast_frozen(v, config.model.frozen_dtype) if k in frozen_names else v for k, v in params.items()}
+    params = {k: factory.cast_frozen(v, config.model.frozen_dtype) if k in frozen_names else v for k, v in params.items()}
     create, sharding, step_fn, loss_fn = state_and_step(config, layout, params)
     trainable, frozen = xformer.split_params(params, frozen_names)
     state = jax.jit(create, out_shardings=sharding)(trainable, frozen, rng)
@@ -168,13 +137,13 @@ def host_metrics(local: dict) -> dict:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """The config a run trains with (`build.with_part_files`: tokenizers from the parts' directories;
-    `build.with_checkpoint_sizes`: their architectures from their config.json), once `preflight.check`
+    """The config a run trains with (`factory.with_part_files`: tokenizers from the parts' directories;
+    `factory.with_checkpoint_sizes`: their architectures from their config.json), once `preflight.check`
     passes: ValueError in one line naming the key, before any model is built or file written, unless every
     path, checkpoint, tokenizer and weight source is there and agrees with the config."""
-    config = build.with_part_files(config)
+    config = factory.with_part_files(config)
     preflight.check(config, workdir)
-    return build.with_checkpoint_sizes(config)
+    return factory.with_checkpoint_sizes(config)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -197,7 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     trainer = make_trainer(config, load_pretrained=True)
     checkpoints = checkpointing.Checkpointer(workdir, config.checkpoint)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
-    rundir.write_config(build.with_checkpoint_fields(config, trainer.model.config), workdir)
+    rundir.write_config(factory.with_checkpoint_fields(config, trainer.model.config), workdir)
     run_length.record(workdir, config, counted)
     try:
         state = trainer.state

@@ -9,8 +9,8 @@ from xformer_jax import rundir, storage
 from xformer_jax.convert import hf, safetensors_io
 from xformer_jax.data import config as data_config
 from xformer_jax.data.tokenizers import QFormerTokenizer, load_llm_tokenizer
+from xformer_jax.factory.sections import WEIGHT_SOURCES
 from xformer_jax.models import fusion
-from xformer_jax.models.config_sections import WEIGHT_SOURCES
 
 class InputError(ValueError):
     """A mistake in the run's inputs found before any model is built or file written (one line, naming the key)."""

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xformer_jax.models.config_sections import WEIGHT_SOURCES
+from xformer_jax.factory.sections import WEIGHT_SOURCES
 
 def mesh_line(mesh) -> str:
     devices = mesh.devices.reshape(-1)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from xformer_jax.train import partitioning
+from xformer_jax import partitioning
 
 
 @flax.struct.dataclass

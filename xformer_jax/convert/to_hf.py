@@ -25,10 +25,9 @@ import numpy as np
 from flax import traverse_util
 from tokenizers import processors
 
-from xformer_jax import rundir, storage
+from xformer_jax import factory, rundir, storage
 from xformer_jax.convert import mapping, safetensors_write, stage as stage_lib, tables
 from xformer_jax.data.tokenizers import LLMTokenizer, load_llm_tokenizer
-from xformer_jax.train import build
 
 FORMATS = ("auto", "hf", "xformer")
 MAE_PROCESSOR_FILE = "mae_preprocessor_config.json"  # read by xformer_jax.torch.processing
@@ -192,7 +191,7 @@ def export(source: str, out: str, *, export_format: str = "auto", dtype: str = "
         raise ValueError(f"export format {export_format!r} is not one of {FORMATS}")
     params, checkpoint = rundir.restore_params(source)
     config, step = rundir.read_config(checkpoint.workdir), checkpoint.step
-    model_config = build.model_config(config)
+    model_config = factory.model_config(config)
     export_format = resolve_format(model_config, export_format)
     stage = stage_lib.stage_of(model_config)
     llm_kind = stage_lib.llm_kind(model_config.llm) if stage == "stage2" else None

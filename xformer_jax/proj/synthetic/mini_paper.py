@@ -34,7 +34,7 @@ def variant_config(base, name: str, seed: int, batch_size: int = 0):
 
 
 def run_metrics(scores: dict) -> dict[str, float]:
-    """The figures the table compares, from one run's recipe.evaluate scores (or a blind baseline's VQA scores)."""
+    """The figures the table compares, from one run's evaluation.evaluate scores (or a blind baseline's VQA scores)."""
     vqa = scores.get("vqa", scores)
     metrics = {"vqa": vqa["accuracy"], **{t: vqa["per_question_type"][t] for t in QUESTION_TYPES}}
     if "caption" in scores:

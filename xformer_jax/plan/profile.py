@@ -1,8 +1,10 @@
 """Where a compiled step's time goes: XLA's trace of it joined with its HLO.
 
-  parse_hlo / matmul_flops   instructions of compiled HLO text and the matmul / convolution FLOPs of an executed op
-  pass_of                    which pass (ITM, ITG text, towers, ...) and direction an op's op_name is from
-  trace_ops / summarise      per-op seconds from jax.profiler, then time by op kind and pass
+  parse_hlo / op_matmul_flops  instructions of compiled HLO text and the matmul / convolution FLOPs of one
+                               executed op (a step's FLOPs are plan/flops.py's, counted on the jaxpr; these
+                               only attribute them to the ops a trace times)
+  pass_of                      which pass (ITM, ITG text, towers, ...) and direction an op's op_name is from
+  trace_ops / summarise        per-op seconds from jax.profiler, then time by op kind and pass
 benchmarks/step_profile.py and benchmarks/gpu_report.py print what these measure.
 """
 import collections
@@ -60,7 +62,7 @@ def conv_flops(instructions: dict, name: str) -> float:
 MATMUL_OPS = {"dot": dot_flops, "convolution": conv_flops}
 
 
-def matmul_flops(instructions: dict, computations: dict, name: str) -> float:
+def op_matmul_flops(instructions: dict, computations: dict, name: str) -> float:
     """FLOPs of the dots and convolutions an executed op runs (itself, or inside the computation a fusion
     calls); 0: none."""
     _, opcode, rest = instructions[name]
@@ -110,7 +112,7 @@ def summarise(seconds: dict, hlo: str, step_s: float, top: int) -> dict:
             continue
         metadata = re.search(r'op_name="([^"]*)"', instructions[name][2])
         label, direction = pass_of(metadata.group(1) if metadata else "")
-        flops = matmul_flops(instructions, computations, name)
+        flops = op_matmul_flops(instructions, computations, name)
         kind = "matmul" if flops else "other"
         by_pass[label][f"{kind}_ms"] += 1e3 * s
         by_pass[label][f"{direction}_ms"] += 1e3 * s

@@ -11,7 +11,7 @@
 Every field is a key whose default is the dataclass's own (`model_defaults`), so the two cannot drift;
 the field's comment in its dataclass documents it. `dtype` is no key: config.model.dtype sets it for
 every part. CHECKPOINT_FIELDS default to None (unset): they follow the checkpoint the part is loaded
-from (train/build.py).
+from (factory/model.py).
 """
 import dataclasses
 import types

@@ -1,4 +1,4 @@
-"""Hugging Face directories -> what a run reads (launch/convert.py; the way back is `hf_export`).
+"""Hugging Face directories -> what a run reads (launch/convert.py; the way back is `convert.to_hf`).
 
   write_workdir(hf_dir, out)   a transformers BLIP-2 directory (Blip2ForImageTextRetrieval or
                                Blip2ForConditionalGeneration with a decoder LLM) -> a run directory
@@ -18,12 +18,12 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from xformer_jax import rundir, storage
+from xformer_jax import factory, rundir, storage
 from xformer_jax.configs import common as configs_common
-from xformer_jax.convert import hf, stage as stage_lib
+from xformer_jax.convert import hf, pretrained, stage as stage_lib
 from xformer_jax.data.tokenizers import load_llm_tokenizer
 from xformer_jax.models import qformer, xformer
-from xformer_jax.train import build, checkpointing, loop
+from xformer_jax.train import checkpointing, loop
 
 # Whole models: (load_hf component, stage).
 WHOLE_MODELS = {"Blip2ForImageTextRetrieval": (None, "stage1"), "Blip2ForConditionalGeneration": ("stage2", "stage2")}
@@ -99,7 +99,7 @@ def _image_settings(hf_dir: str, config: ml_collections.ConfigDict) -> None:
 def save_initial_checkpoint(config: ml_collections.ConfigDict, params: dict, out: str) -> None:
     """OUT/config.json and OUT/checkpoints/0: the TrainState a run of `config` would start from,
     holding `params` (every param of the model, as NumPy or JAX arrays) and a fresh optimizer state."""
-    layout = loop.model_layout(config)
+    layout = factory.model_layout(config)
     with jax.set_mesh(layout.mesh), nn.logical_axis_rules(layout.rules):
         boxed = jax.eval_shape(layout.init, jax.random.key(config.seed))
     want = traverse_util.flatten_dict(nn.unbox(boxed), sep="/")
@@ -113,7 +113,7 @@ def save_initial_checkpoint(config: ml_collections.ConfigDict, params: dict, out
         raise ValueError(f"params do not match the model the config describes ({len(problems)} problems): "
                          + "; ".join(problems[:10]))
     frozen_names = layout.model_config.frozen_collections
-    frozen_dtype = build.dtype_of(config.model.frozen_dtype, "config.model.frozen_dtype")
+    frozen_dtype = factory.dtype_of(config.model.frozen_dtype, "config.model.frozen_dtype")
     placed = {}
     for path, sharding in shardings.items():
         value = np.asarray(have[path], np.float32)
@@ -185,7 +185,7 @@ def _config_flags(part: str, fields: dict) -> list[str]:
 
 
 def write_component(hf_dir: str, out: str) -> ConvertReport:
-    """A component directory -> OUT/<part>.msgpack (`build.save_params`) for config.model.<part>.params_file,
+    """A component directory -> OUT/<part>.msgpack (`pretrained.save_params`) for config.model.<part>.params_file,
     and the config keys whose values must match it. A BERT directory needs no conversion: the
     Q-Former reads it through config.model.qformer.bert_dir."""
     config_path = storage.join(hf_dir, "config.json")
@@ -206,7 +206,7 @@ def write_component(hf_dir: str, out: str) -> ConvertReport:
     fields = {k: v for k, v in dataclasses.asdict(module.config).items() if k not in stage_lib.RUNTIME_FIELDS}
     storage.makedirs(out)
     path = storage.absolute(storage.join(out, f"{part}.msgpack"))
-    build.save_params(path, params)
+    pretrained.save_params(path, params)
     if part == "llm":
         kind = stage_lib.llm_kind(module.config)
         fields = {"kind": kind, **fields}
