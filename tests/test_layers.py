@@ -18,6 +18,9 @@ LAYERS = {
     "configs": 5, "convert.to_run": 5,
     "proj": 6,
 }
+# Units of one layer that stay apart: prediction and export build the model through the factory and never
+# need the trainer (its data pipeline, optimizer and checkpoint writer).
+APART = {("predict", "train"), ("convert.to_hf", "train"), ("convert.to_hf", "predict")}
 
 
 def _unit(module: str) -> str:
@@ -61,3 +64,4 @@ def test_imports_go_down_and_sit_at_module_level(path):
         assert at_top, f"{where} imports xformer_jax.{imported} inside a function"
         assert LAYERS[imported] <= LAYERS[unit], \
             f"{where}: {unit} (layer {LAYERS[unit]}) imports {imported} (layer {LAYERS[imported]}), a layer above it"
+        assert (unit, imported) not in APART, f"{where}: {unit} imports {imported}, which it is kept apart from"

@@ -14,7 +14,7 @@ from xformer_jax.proj.synthetic import cache, evaluation
 from xformer_jax.proj.synthetic.parts import Budget, Parts
 from xformer_jax.train import loop
 
-def stage1_config(config: ml_collections.ConfigDict, towers: dict) -> ml_collections.ConfigDict:
+def stage1_on_towers(config: ml_collections.ConfigDict, towers: dict) -> ml_collections.ConfigDict:
     """A copy of a stage-1 config reading the pretrained towers, checkpointed at its end."""
     config = copy.deepcopy(config)
     for name, path in towers.items():
@@ -23,8 +23,8 @@ def stage1_config(config: ml_collections.ConfigDict, towers: dict) -> ml_collect
     return config
 
 
-def stage2_config(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict, llm: dict,
-                  stage1_dir: str) -> ml_collections.ConfigDict:
+def stage2_after_stage1(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict, llm: dict,
+                        stage1_dir: str) -> ml_collections.ConfigDict:
     """A stage-2 config with stage 1's model, seed and data, the pretrained LLM, starting from stage1_dir
     (towers and Q-Former come from its checkpoint; config.model's weight sources are cleared so that
     nothing is loaded only to be replaced)."""
@@ -69,8 +69,8 @@ def run(stage1: ml_collections.ConfigDict, stage2_base: ml_collections.ConfigDic
         budget: Budget, timer: cache.Timer, splits: Sequence[str] = evaluation.EVAL_SPLITS) -> Run:
     """Stage 1, stage 2 and the evaluation on `splits` of one model under run_dir (stage1/, stage2/, eval/)."""
     stage1_dir, stage2_dir, eval_dir = (os.path.join(run_dir, name) for name in ("stage1", "stage2", "eval"))
-    config1 = stage1_config(stage1, parts.towers)
-    config2 = stage2_config(stage2_base, config1, parts.llm, stage1_dir)
+    config1 = stage1_on_towers(stage1, parts.towers)
+    config2 = stage2_after_stage1(stage2_base, config1, parts.llm, stage1_dir)
     for config, workdir in ((config1, stage1_dir), (config2, stage2_dir)):
         _check_same_run(config, workdir)
     with timer("stage 1"):  # a finished run is restored
