@@ -153,7 +153,6 @@ def test_the_llm_tokenizer_reads_opt_s_directory_as_published(tmp_path):
 
 def test_tokenizers_follow_the_parts_directories_unless_set(tmp_path):
     from xformer_jax.configs import tiny
-    from xformer_jax.train import build
     config = tiny.tiny_stage2_config(tmp_path, "")
     config.model.qformer.bert_dir, config.model.llm.hf_dir = "/ckpt/bert-base-uncased", "/ckpt/opt-2.7b"
     resolved = factory.with_part_files(config)

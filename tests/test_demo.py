@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from launch import demo
+from launch import demo as demo_script
 from xformer_jax.configs.tiny import tiny_config, tiny_stage2_config
 from xformer_jax.predict.benchmarks import Question
-from xformer_jax.proj.synthetic import cache, evaluation, mini_paper, parts as parts_lib, scenes
+from xformer_jax.proj.synthetic import cache, demo, evaluation, mini_paper, parts as parts_lib, scenes
 
 TINY_BUDGET = parts_lib.Budget(tower_steps=3, llm_steps=3, llm_batch_size=8, eval_batch_size=16)
 
@@ -144,5 +144,5 @@ def test_scale_stretches_every_training_length_and_keeps_the_rest(monkeypatch, c
     assert parts_lib.scaled(stage1, stage2, budget, 1) == (stage1, stage2, budget)
     monkeypatch.setattr("sys.argv", ["demo.py", "--scale=0"])
     with pytest.raises(SystemExit):
-        demo.main()
+        demo_script.main()
     assert "--scale=0.0: must be > 0" in capsys.readouterr().err

@@ -55,7 +55,6 @@ def _checkpoint_dir(path, **config_json):
 @pytest.mark.parametrize("checkpoint_norm_pix", [False, True])
 def test_the_mae_target_follows_the_checkpoint_unless_the_config_sets_it(tmp_path, checkpoint_norm_pix, caplog):
     """facebook/vit-mae-* say norm_pix_loss false (raw-pixel visualize weights); the paper config once forced True."""
-    from xformer_jax.train import build
     config = paper.get_config("stage1")
     assert config.model.mae.norm_pix_loss is None  # the paper config leaves it to the checkpoint
     config.model.mae.hf_dir = _checkpoint_dir(tmp_path / "mae", model_type="vit_mae", norm_pix_loss=checkpoint_norm_pix)
@@ -70,7 +69,6 @@ def test_the_mae_target_follows_the_checkpoint_unless_the_config_sets_it(tmp_pat
 
 
 def test_qformer_dropout_is_lavis_0_1_in_the_paper_configs_and_follows_a_bert_checkpoint_when_unset(tmp_path):
-    from xformer_jax.train import build
     for variant in ("stage1", "stage2_opt6.7b"):
         q = factory.model_config(paper.get_config(variant)).qformer
         assert (q.hidden_dropout_prob, q.attention_probs_dropout_prob) == (0.1, 0.1)
@@ -86,7 +84,6 @@ def test_qformer_dropout_is_lavis_0_1_in_the_paper_configs_and_follows_a_bert_ch
 
 
 def test_a_runs_config_json_holds_the_values_taken_from_the_checkpoints(tmp_path):
-    from xformer_jax.train import build
     config = paper.get_config("stage1")
     config.model.mae.hf_dir = _checkpoint_dir(tmp_path / "mae", model_type="vit_mae", norm_pix_loss=True)
     saved = factory.with_checkpoint_fields(config, factory.model_config(config))

@@ -113,7 +113,6 @@ def checkpoints(tmp_path_factory):
 
 def test_the_parts_take_their_architecture_from_their_checkpoints_unless_set_otherwise(checkpoints, caplog):
     from xformer_jax.configs import common
-    from xformer_jax.train import build
     config = common.base_config()  # every size at its default (EVA ViT-g, MAE ViT-H, BERT-base, OPT-2.7B...)
     config.stage = "stage2"
     config.model.vision.hf_dir, config.model.mae.hf_dir = checkpoints["vision"], checkpoints["mae"]

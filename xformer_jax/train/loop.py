@@ -104,21 +104,21 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
     validate(config)
     layout = factory.model_layout(config, devices)
     rng = jax.random.key(config.seed)
-    pretrained, sources = {}, {}
+    loaded, sources = {}, {}
     if load_pretrained:
-        pretrained.update(pretrained.pretrained_parts(config.model, layout.model_config, config.seed))
-        sources.update({name: startup.config_source(config.model, name) for name in pretrained})
+        loaded.update(pretrained.pretrained_parts(config.model, layout.model_config, config.seed))
+        sources.update({name: startup.config_source(config.model, name) for name in loaded})
         if config.get("init_from"):  # the stage-1 run's towers and Q-Former win over config.model's sources
             try:
                 restored, checkpoint = rundir.restore_params(config.init_from)
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"config.init_from={config.init_from!r}: {e}") from None
-            pretrained.update(restored)
+            loaded.update(restored)
             sources.update({name: f"config.init_from={checkpoint.workdir} (step {checkpoint.step})"
                             for name in restored})
     with jax.set_mesh(layout.mesh), nn.logical_axis_rules(layout.rules):
         params = partitioning.init_sharded(layout.init, layout.param_shardings, rng)
-    params = pretrained.merge_pretrained(params, pretrained)
+    params = pretrained.merge_pretrained(params, loaded)
     frozen_names = layout.model_config.frozen_collections
     params = {k: factory.cast_frozen(v, config.model.frozen_dtype) if k in frozen_names else v for k, v in params.items()}
     create, sharding, step_fn, loss_fn = state_and_step(config, layout, params)
