@@ -65,7 +65,8 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
     # at FRESH_VALUE_LR_SCALE only (first match wins): while its fresh query / key projections still attend
     # almost uniformly, that path hands every query the same mean over the image, and at 30x it outgrew the
     # query-specific part within 40 steps: all 8 queries of an image became one vector (cosine 1.000), so
-    # the LLM read one token 8 times. docs/demo.md has the measurements.
+    # the LLM read one token 8 times. The measurements: docs/notes/2026-11-30-query-collapse-fix.md (and
+    # 2026-11-30-fresh-params-lr-itm.md for the fresh params).
     config.optim.lr_scales = ((FRESH_VALUE_PATH, FRESH_VALUE_LR_SCALE), (FRESH_PARAMS, FRESH_LR_SCALE))
     if arg == "stage2":
         config.stage = "stage2"
@@ -78,6 +79,6 @@ def get_config(arg: str = "stage1") -> ml_collections.ConfigDict:
         config.eval_every = 300
         # The Q-Former starts from stage 1, so one lr for all, except the cross-attention's value / output path
         # again: at 5e-4 it re-collapsed stage 1's distinct queries in a 400-step stage 2 (prefix cosine 0.62 ->
-        # 1.000; 0.47 at 0.3x). docs/demo.md has the measurements.
+        # 1.000; 0.47 at 0.3x). The measurements: docs/notes/2026-11-30-query-collapse-fix.md.
         config.optim.update(lr=5e-4, warmup_steps=50, lr_scales=((FRESH_VALUE_PATH, STAGE2_VALUE_LR_SCALE),))
     return config
