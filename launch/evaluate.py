@@ -113,12 +113,9 @@ def run_caption(args) -> dict:
 def run_retrieval(args) -> dict:
     import numpy as np
 
+    from xformer_jax.predict import benchmarks
     from xformer_jax.predict.rankings import Retriever, rank_captions
-    entries = storage.read_json(args.images)
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and {"image", "caption"} <= e.keys()
-                                                for e in entries):
-        raise ValueError(f"{args.images}: expected LAVIS's retrieval split, one entry per image: "
-                         "[{'image', 'caption': [captions]}]")
+    entries = benchmarks.read_retrieval(args.images)
     rankings = rank_captions(Retriever.from_workdir(args.workdir), entries, args.image_root, args.batch_size,
                              args.k_test)
     top = lambda scores: np.argsort(-scores, axis=1, kind="stable")[:, :_TOP_RANKED].tolist()  # noqa: E731

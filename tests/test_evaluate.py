@@ -153,6 +153,15 @@ def test_retrieval_refuses_a_stage2_run(runs):
                        f"--image_root={data['root']}", f"--out={runs['out'] / 'nothing'}"])
 
 
+
+def test_a_retrieval_split_without_captions_fails_naming_the_file_and_entry(runs, tmp_path):
+    split = tmp_path / "flickr30k_test.json"
+    split.write_text(json.dumps([{"image": "a.png", "caption": ["a dog"]}, {"image": "b.png"}]))
+    with pytest.raises(SystemExit, match="flickr30k_test.json: entry 1 has no 'caption'"):
+        evaluate.main(["retrieval", f"--workdir={runs['stage1']}", f"--images={split}",
+                       f"--image_root={tmp_path}", f"--out={tmp_path / 'out'}"])
+    assert not (tmp_path / "out").exists()
+
 def _reference_scores(config, model, params, entries, image_root, k_test):
     """ITC similarities from the model's paired retrieval pass, ITM logits of every (image, text) pair from
     the pixels, and LAVIS's re-ranking written out: (sims, scores_i2t, scores_t2i, text_to_image)."""

@@ -16,7 +16,8 @@ launch/evaluate.py and the demo's recipe both run these.
                   "caption"}]}; a test set's image_info file has no annotations); scored against a COCO
                   ground-truth file, or else the captions the file itself carries, if any. Submission
                   [{"image_id", "caption"}].
-Retrieval (Flickr30k / COCO splits as LAVIS ships them) is `predict.rankings`.
+  Retrieval       Flickr30k / COCO splits as LAVIS ships them, one entry per image [{"image", "caption":
+                  [captions]}]; ranked by `predict.rankings`.
 """
 import dataclasses
 import re
@@ -90,6 +91,11 @@ def read_captions(path: str, image_root: str) -> tuple[list[dict], Optional[dict
         truth += [{"image_id": image_id, "caption": c} for c in ([captions] if isinstance(captions, str) else captions)]
     ground_truth = {"images": [{"id": im["image_id"]} for im in images.values()], "annotations": truth}
     return list(images.values()), ground_truth if truth else None
+
+
+def read_retrieval(path: str) -> list[dict]:
+    """The entries of a LAVIS retrieval split (image paths relative to the image root, as `rank_captions` reads)."""
+    return _entries(_read(path), ("image", "caption"), path)
 
 
 def answer(captioner: Captioner, questions: Sequence[Question], batch_size: int, prompt: str = VQA_PROMPT,
