@@ -78,22 +78,9 @@ def validate(data: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.path={data.path}: the synthetic dataset is written to local disk; give a "
                          "local path (a copy in a bucket is read with data.kind='json')")
     if data.kind == "json":
-        files = data.path.split("::")
-        for path in files:
-            _must_exist("path", path)
-        for root in filter(None, set(image_roots(data.image_root, len(files)))):
-            _must_exist("image_root", root)
-        for path, root in zip(files, image_roots(data.image_root, len(files))):
-            _first_image_found("image_root", path, root)
+        _check_json_sources(data, "path", "image_root")
         if data.eval_path:
-            eval_files = data.eval_path.split("::")
-            for path in eval_files:
-                _must_exist("eval_path", path)
-            key = "eval_image_root" if data.eval_image_root else "image_root"
-            for root in filter(None, set(image_roots(data[key], len(eval_files), key))):
-                _must_exist(key, root)
-            for path, root in zip(eval_files, image_roots(data[key], len(eval_files), key)):
-                _first_image_found(key, path, root)
+            _check_json_sources(data, "eval_path", "eval_image_root" if data.eval_image_root else "image_root")
     if data.kind == "webdataset":
         for key in ("path", "eval_path"):
             if data[key]:
@@ -120,6 +107,19 @@ def validate(data: ml_collections.ConfigDict) -> None:
         _must_exist("vocab_path", data.vocab_path)
     if data.llm_tokenizer_path:
         _must_exist("llm_tokenizer_path", data.llm_tokenizer_path)
+
+
+def _check_json_sources(data: ml_collections.ConfigDict, path_key: str, root_key: str) -> None:
+    """Every "::"-joined annotation file of config.data.<path_key> exists, and so does its image root
+    (config.data.<root_key>) with the first image the file names in it."""
+    files = data[path_key].split("::")
+    for path in files:
+        _must_exist(path_key, path)
+    roots = image_roots(data[root_key], len(files), root_key)
+    for root in filter(None, set(roots)):
+        _must_exist(root_key, root)
+    for path, root in zip(files, roots):
+        _first_image_found(root_key, path, root)
 
 
 _FIRST_IMAGE = re.compile(r'"image"\s*:\s*("(?:[^"\\]|\\.)*")')

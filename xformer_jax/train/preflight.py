@@ -12,6 +12,7 @@ from xformer_jax.data.tokenizers import QFormerTokenizer, load_llm_tokenizer
 from xformer_jax.factory.sections import WEIGHT_SOURCES
 from xformer_jax.models import fusion
 
+
 class InputError(ValueError):
     """A mistake in the run's inputs found before any model is built or file written (one line, naming the key)."""
 
