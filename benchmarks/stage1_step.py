@@ -157,7 +157,8 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--sizes", choices=tuple(SIZES), default="demo", help="; ".join(f"{k}: {v}" for k, v in SIZES.items()))
+    parser.add_argument("--sizes", choices=tuple(SIZES), default="demo",
+                        help="; ".join(f"{k}: {v}" for k, v in SIZES.items()))
     parser.add_argument("--small", action="store_true", help="the same as --sizes=small")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype: config.model.dtype for ours, torch.autocast for the reference")
@@ -197,7 +198,8 @@ def main():
         results["ratio"] = results["jax"]["examples_per_s"] / results["torch"]["examples_per_s"]
         results["ratio_median_of_pairs"] = float(np.median(times["torch"] / times["jax"]))
     if "torch_compile" in steps:
-        results["ratio_vs_torch_compile"] = results["jax"]["examples_per_s"] / results["torch_compile"]["examples_per_s"]
+        results["ratio_vs_torch_compile"] = (results["jax"]["examples_per_s"]
+                                             / results["torch_compile"]["examples_per_s"])
     results["machine"] = {**common.machine(), "threads": THREADS, "load_average_1m": os.getloadavg()[0],
                           "torch_device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
     print(json.dumps(results, indent=2))

@@ -162,8 +162,7 @@ def abstract_trainer(config: ml_collections.ConfigDict, devices=None) -> Abstrac
     check_batch(config, layout.mesh)
     params = partitioning.unbox(jax.eval_shape(layout.init, jax.random.key(config.seed)))
     frozen_names = layout.model_config.frozen_collections
-    params = {k: jax.eval_shape(lambda f: factory.cast_frozen(f, config.model.frozen_dtype), v) if k in frozen_names
-              else v for k, v in params.items()}
+    params = jax.eval_shape(lambda p: factory.with_frozen_dtype(p, frozen_names, config.model.frozen_dtype), params)
     create, sharding, step_fn, _ = loop.state_and_step(config, layout, params)
     trainable, frozen = xformer.split_params(params, frozen_names)
     abstract_state = jax.eval_shape(create, trainable, frozen, jax.random.key(config.seed))

@@ -9,6 +9,6 @@ The weights themselves come from convert/ (pretrained.py: a config's pretrained 
 checkpoint (rundir); train/, predict/, convert/to_hf.py and launch/plan.py start here.
 """
 from xformer_jax.factory.architecture import with_checkpoint_sizes
-from xformer_jax.factory.layout import ModelLayout, cast_frozen, model_layout
+from xformer_jax.factory.layout import ModelLayout, model_layout, with_frozen_dtype
 from xformer_jax.factory.model import (dtype_of, dummy_batch, init_fn, make_model, model_config, stage1_config,
                                        stage2_config, with_checkpoint_fields, with_part_files)

@@ -36,7 +36,8 @@ def model_layout(config: ml_collections.ConfigDict, devices: Optional[Sequence[j
     return ModelLayout(mesh, rules, model_config, model, init, shardings)
 
 
-def cast_frozen(frozen, dtype_name: str):
-    """A frozen part's params in config.model.frozen_dtype (`dtype_name`), the dtype they are stored in."""
+def with_frozen_dtype(params: dict, frozen_names, dtype_name: str) -> dict:
+    """`params` with its frozen parts (`frozen_names`, the model config's frozen_collections) in
+    config.model.frozen_dtype (`dtype_name`), the dtype they are stored in."""
     dtype = model_lib.dtype_of(dtype_name, "config.model.frozen_dtype")
-    return jax.tree.map(lambda x: x.astype(dtype), frozen)
+    return {k: jax.tree.map(lambda x: x.astype(dtype), v) if k in frozen_names else v for k, v in params.items()}

@@ -120,7 +120,7 @@ def make_trainer(config: ml_collections.ConfigDict, load_pretrained: bool = True
         params = partitioning.init_sharded(layout.init, layout.param_shardings, rng)
     params = pretrained.merge_pretrained(params, loaded)
     frozen_names = layout.model_config.frozen_collections
-    params = {k: factory.cast_frozen(v, config.model.frozen_dtype) if k in frozen_names else v for k, v in params.items()}
+    params = factory.with_frozen_dtype(params, frozen_names, config.model.frozen_dtype)
     create, sharding, step_fn, loss_fn = state_and_step(config, layout, params)
     trainable, frozen = xformer.split_params(params, frozen_names)
     state = jax.jit(create, out_shardings=sharding)(trainable, frozen, rng)

@@ -191,7 +191,8 @@ def run_demo(stage1, stage2, workdir: str, budget: parts_lib.Budget) -> None:
                   "scores": result.scores, "ceiling": evaluation.llm_reads_descriptions(stage2, parts)}
         rec = reconstruction(model, params, batch) if model.config.fusion.reconstructs else None
         report["reconstruction"] = rec
-        report["blind"] = {s: evaluation.blind_baselines(parts.paths, os.path.join(workdir, "blind"), s) for s in result.scores}
+        report["blind"] = {s: evaluation.blind_baselines(parts.paths, os.path.join(workdir, "blind"), s)
+                           for s in result.scores}
         report["blind_text"] = evaluation.blind_caption(parts.paths)
         report["blind_caption"] = {s: evaluation.caption_attributes(parts.paths, [
             {"image_id": i, "caption": report["blind_text"]}

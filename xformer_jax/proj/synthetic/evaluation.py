@@ -88,7 +88,8 @@ def blind_baselines(paths: dict, out_dir: str, split: str = "val") -> dict[str, 
     for name, answers in (("prior", _most_frequent_answers(cache.load_json(paths["vqa_train"]))),
                           ("best_constant", _most_frequent_answers(questions))):
         path = os.path.join(out_dir, f"{name}_{split}_predictions.json")
-        cache.write_json(path, [{"question_id": e["question_id"], "answer": answers[e["question_type"]]} for e in questions])
+        cache.write_json(path, [{"question_id": e["question_id"], "answer": answers[e["question_type"]]}
+                                for e in questions])
         results[name] = score("vqav2", path, paths[f"vqa_{split}_annotations"], paths[f"vqa_{split}_questions"])
     return results
 
@@ -190,7 +191,8 @@ def _probe_features(paths: dict, transform, features: dict[str, Callable], batch
         entries = [e for split in splits for e in scenes.split_images(paths, split)]
         out = {name: [] for name in features}
         for start in range(0, len(entries), batch_size):
-            views = [transform(image, None) for image in scenes.load_images(entries[start:start + batch_size], paths["root"])]
+            images = scenes.load_images(entries[start:start + batch_size], paths["root"])
+            views = [transform(image, None) for image in images]
             pixels = {k: np.stack([v[k] for v in views]) for k in views[0]}
             for name, fn in features.items():
                 out[name].append(fn(pixels))

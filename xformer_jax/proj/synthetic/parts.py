@@ -104,7 +104,8 @@ def llm_texts(paths: dict, seed: int = 0, question_rounds: int = 0) -> list[tupl
     entries = scenes.split_images(paths, "train")
     by_image = dict(zip((e["image"] for e in entries), scenes.scenes_of(paths, [e["image_id"] for e in entries])))
     descriptions = {image: synthetic.describe(scene) for image, scene in by_image.items()}
-    pairs = [(descriptions[e["image"]], f"{CAPTION_PROMPT} {e['caption']}") for e in cache.load_json(paths["caption_train"])]
+    pairs = [(descriptions[e["image"]], f"{CAPTION_PROMPT} {e['caption']}")
+             for e in cache.load_json(paths["caption_train"])]
     questions = [(e["image"], e["question"], e["answer"][0]) for e in cache.load_json(paths["vqa_train"])]
     for round_ in range(question_rounds):
         for n, (image, scene) in enumerate(by_image.items()):
